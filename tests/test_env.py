@@ -1,0 +1,70 @@
+import re
+
+import pytest
+import torch
+
+from bmlib import env
+
+
+@pytest.mark.parametrize("value,expected", [("ci", "ci"), ("full", "full"), ("FULL", "full"), (" ci ", "ci")])
+def test_scale_reads_env(monkeypatch, value, expected):
+    monkeypatch.setenv("BMLIB_SCALE", value)
+    assert env.scale() == expected
+
+
+def test_scale_default_follows_cuda(monkeypatch):
+    monkeypatch.delenv("BMLIB_SCALE", raising=False)
+    assert env.scale() == ("full" if torch.cuda.is_available() else "ci")
+    monkeypatch.setattr(env, "_cuda_available", lambda: True)
+    assert env.scale() == "full"
+    monkeypatch.setattr(env, "_cuda_available", lambda: False)
+    assert env.scale() == "ci"
+
+
+@pytest.mark.parametrize("bad", ["medium", "1", "gpu", "ci-full"])
+def test_scale_rejects_unknown(monkeypatch, bad):
+    monkeypatch.setenv("BMLIB_SCALE", bad)
+    with pytest.raises(ValueError, match="BMLIB_SCALE"):
+        env.scale()
+
+
+def test_seed_everything_reproducible():
+    env.seed_everything(123)
+    a = torch.rand(5)
+    env.seed_everything(123)
+    assert torch.equal(a, torch.rand(5))
+    for bad in (-1, 1.5, "3", True):
+        with pytest.raises(ValueError, match="seed"):
+            env.seed_everything(bad)
+
+
+def test_device_and_bad_preference():
+    assert env.device().type in ("cpu", "cuda")
+    assert env.device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="prefer"):
+            env.device("cuda")
+
+
+def test_provenance_fields(monkeypatch):
+    monkeypatch.setenv("BMLIB_SCALE", "ci")
+    p = env.provenance()
+    for key in ("device", "torch", "transformers", "scale", "date", "git"):
+        assert key in p and p[key]
+    assert p["scale"] == "ci"
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", p["date"])
+    assert p["torch"] == torch.__version__
+
+
+def test_notebook_header_prints_scale(monkeypatch, capsys):
+    monkeypatch.setenv("BMLIB_SCALE", "ci")
+    prov = env.notebook_header("demo", seed=7)
+    out = capsys.readouterr().out
+    assert "scale: ci" in out and "device:" in out and "torch:" in out
+    assert prov["chapter"] == "demo" and prov["seed"] == 7
+
+
+def test_artifacts_dir_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("BMLIB_ARTIFACTS", str(tmp_path / "a"))
+    p = env.artifacts_dir("x", "y")
+    assert p == tmp_path / "a" / "x" / "y" and p.is_dir()
