@@ -119,11 +119,11 @@ def provenance() -> dict:
     """Where and how a result was produced: device, versions, scale, date and git commit."""
     import torch
 
-    try:
-        import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-        tf_version = transformers.__version__
-    except Exception:
+    try:  # the metadata, not an import: importing transformers takes seconds
+        tf_version = version("transformers")
+    except PackageNotFoundError:
         tf_version = "not installed"
     prov = {
         "device": device_name(),

@@ -65,7 +65,7 @@ def run_notebook(path, scale: str, timeout: int = 600, kernel: str = "python3") 
 
 def run_notebooks(paths=None, scale: str = "ci", timeout: int = 600) -> list[RunResult]:
     """Run several notebooks with a progress bar; returns one :class:`RunResult` each."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     paths = [Path(p) for p in (paths or default_notebooks())]
     if not paths:

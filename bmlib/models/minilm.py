@@ -71,7 +71,7 @@ def embed(texts, tokenizer, model, batch_size: int = 64, max_length: int = 256,
     """Sentence embeddings (N, 384) for a list of strings."""
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be a list of strings")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     dev = next(model.parameters()).device
     out = []
