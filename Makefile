@@ -1,17 +1,21 @@
 # Large Models, Measured — two commands do everything on a fresh clone:
 #   make book   creates .venv, installs, builds the HTML book into _build/html
 #   make test   installs, runs the unit tests, nbval on every notebook at ci scale,
-#               the warnings-as-errors book build and the browser checks
+#               the warnings-as-errors book build and the browser checks, then prints a
+#               summary ending in "N passed, M failed"; exits non-zero if any stage failed
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JB     := $(VENV)/bin/jupyter-book
+REPORT := _build/test-reports
+NBVAL  := --nbval-lax --nbval-current-env -p no:randomly --ignore-glob='*.failed.ipynb' --ignore=notebooks/artifacts
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: install book test unit notebooks book-strict lab run-notebooks clean
+.PHONY: install book test unit notebooks book-strict browser lab run-notebooks clean
 
 install: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
@@ -26,19 +30,32 @@ book: install
 	$(JB) build . --builder html
 	@echo "open _build/html/index.html"
 
+# The stages of `make test`, each runnable on its own.
 unit: install
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -m "not browser"
 
 notebooks: install
-	BMLIB_SCALE=ci $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:randomly notebooks/
+	BMLIB_SCALE=ci $(PY) -m pytest -q $(NBVAL) notebooks/
 
 book-strict: install
-	$(JB) build . --builder html --warningiserror --nitpick --keep-going
+	$(JB) build . --builder html --all --warningiserror --nitpick --keep-going
 
+browser: install
+	$(PY) -m pytest tests/test_book_browser.py -q -m browser
+
+# Every stage runs even if an earlier one failed; tools/test_summary.py reads their JUnit XML and
+# exit statuses, prints one table and the closing "N passed, M failed", and sets the exit status.
 test: install
-	$(PY) -m pytest tests -q
-	BMLIB_SCALE=ci $(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks/
-	$(JB) build . --builder html --warningiserror --nitpick --keep-going
+	@rm -rf $(REPORT) && mkdir -p $(REPORT)
+	@echo "== 1/4 unit tests"
+	$(PY) -m pytest tests -q -m "not browser" --junitxml=$(REPORT)/unit.xml; echo $$? > $(REPORT)/unit.rc
+	@echo "== 2/4 notebooks at ci scale (nbval)"
+	BMLIB_SCALE=ci $(PY) -m pytest -q $(NBVAL) --junitxml=$(REPORT)/notebooks.xml notebooks/; echo $$? > $(REPORT)/notebooks.rc
+	@echo "== 3/4 book build, warnings as errors"
+	set -o pipefail; $(JB) build . --builder html --all --warningiserror --nitpick --keep-going 2>&1 | tee $(REPORT)/book.log | tail -n 25; echo $$? > $(REPORT)/book.rc
+	@echo "== 4/4 the rendered book in headless Chromium"
+	$(PY) -m pytest tests/test_book_browser.py -q -m browser --junitxml=$(REPORT)/browser.xml; echo $$? > $(REPORT)/browser.rc
+	$(PY) tools/test_summary.py $(REPORT)
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/

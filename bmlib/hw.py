@@ -110,6 +110,8 @@ def lookup(name: str) -> Peaks:
 
 def custom(name: str, flops: dict, mem_bw: float, **kw) -> Peaks:
     """Peaks for a device the table does not know; validated like the built-in entries."""
+    if not isinstance(flops, dict):
+        raise TypeError(f"flops must be a dict of dtype -> FLOP/s, got {type(flops).__name__}")
     return Peaks(name, {_dtype_key(k): v for k, v in flops.items()}, mem_bw, **kw)
 
 

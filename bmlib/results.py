@@ -40,7 +40,7 @@ def _check_figures(figures: dict) -> None:
     if not isinstance(figures, dict) or not figures:
         raise ValueError("figures must be a non-empty dict of name -> number")
     for k, v in figures.items():
-        if not (isinstance(k, str) and _NAME.match(k)):
+        if not (isinstance(k, str) and _NAME.fullmatch(k)):
             raise ValueError(f"figure names must be snake_case strings, got {k!r}")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             if not (hasattr(v, "item") and isinstance(v.item(), (int, float))):
@@ -53,7 +53,7 @@ def _check_figures(figures: dict) -> None:
 def save(chapter: str, figures: dict, rows: list | None = None, prov: dict | None = None,
          extra: dict | None = None) -> Path:
     """Write ``results/<chapter>.json`` (atomically) and return its path."""
-    if not (isinstance(chapter, str) and _NAME.match(chapter)):
+    if not (isinstance(chapter, str) and _NAME.fullmatch(chapter)):
         raise ValueError(f"chapter must be a lower-case name like 'attention', got {chapter!r}")
     _check_figures(figures)
     if rows is not None and not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
