@@ -154,9 +154,6 @@ def test_hw_custom_and_peaks():
     both_sides(stats)
 
 
-@pytest.mark.xfail(strict=False, reason="hw.custom(flops=None) raises AttributeError: custom() calls "
-                   "flops.items() before validating; fix: check isinstance(flops, dict) first and raise "
-                   "TypeError('flops must be a dict of dtype -> FLOP/s ...')")
 def test_hw_custom_rejects_a_non_dict_flops():
     from bmlib import hw
 
@@ -192,8 +189,6 @@ def test_measure_arguments():
     both_sides(stats)
 
 
-@pytest.mark.xfail(strict=False, reason="bench.measure(warmup_s=inf) never returns (the warm-up loop "
-                   "waits for an infinite budget); fix: require math.isfinite(v) for warmup_s/budget_s")
 def test_measure_rejects_an_infinite_warmup():
     import subprocess
     import sys
@@ -323,8 +318,6 @@ def test_results_save_names_and_figures():
     assert not list(folder.glob(".*.tmp")), "a temporary file was left behind"
 
 
-@pytest.mark.xfail(strict=False, reason="bmlib.results checks names with re.match and '$', which "
-                   "accepts a trailing newline; fix: _NAME.fullmatch(...) (or '\\Z') in bmlib/results.py")
 def test_results_name_with_trailing_newline(tmp_path, monkeypatch):
     from bmlib import results
 
@@ -380,9 +373,6 @@ def test_gptconfig_fields():
     both_sides(stats)
 
 
-@pytest.mark.xfail(strict=False, reason="GPTConfig(dropout='0.1' or None) raises a TypeError from the "
-                   "comparison that does not name dropout; fix: check isinstance(dropout, (int, float)) "
-                   "and not bool before comparing, in GPTConfig.__post_init__")
 @pytest.mark.parametrize("dropout", ["0.1", None])
 def test_gptconfig_rejects_a_non_number_dropout(dropout):
     from bmlib.models.gpt import GPTConfig

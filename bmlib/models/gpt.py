@@ -38,7 +38,8 @@ class GPTConfig:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not (0.0 <= self.dropout < 1.0):
+        if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+                and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
         if self.attn_impl not in IMPLS:
             raise ValueError(f"attn_impl must be one of {IMPLS}, got {self.attn_impl!r}")
@@ -169,20 +170,31 @@ class GPT(nn.Module):
         fwd = 2 * N + 4 * cfg.n_layer * T * cfg.n_embd
         return float(3 * fwd if training else fwd)
 
-    def forward(self, idx, targets=None, *, kv_cache=None, mask=None):
+    def forward(self, idx, targets=None, *, kv_cache=None, mask=None, position_ids=None):
         """``idx`` (B, T) token ids -> ``(logits (B, T, V), loss or None)``.
 
         ``targets`` (B, T) gives the mean next-token cross-entropy (``-100`` is ignored).
         ``mask``: optional boolean attention mask broadcastable to (B, 1, T, Tk), e.g. padding.
+        ``position_ids``: optional (B, T) or (T,) positions (default ``cache.pos + arange(T)``);
+        left-padded batches pass each row's own positions. When given, the cache's ``pos`` is not
+        read, so a step with a :class:`StaticKVCache` never synchronises (CUDA-graph friendly).
         """
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             raise ValueError(f"idx must be a (B, T) tensor of token ids, got "
                              f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
         B, T = idx.shape
-        start = kv_cache.pos if kv_cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        if position_ids is None:
+            start = kv_cache.pos if kv_cache is not None else 0
+            if start + T > self.config.block_size:
+                raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        else:
+            if not isinstance(position_ids, torch.Tensor) or position_ids.shape not in ((B, T), (T,)):
+                raise ValueError(f"position_ids must be a ({B}, {T}) or ({T},) tensor, got "
+                                 f"{tuple(getattr(position_ids, 'shape', ())) or type(position_ids).__name__}")
+            if T > self.config.block_size:
+                raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+            pos = position_ids  # (B, T) or (T,); values must lie in [0, block_size)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache, i, mask)
@@ -234,3 +246,49 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+
+
+class StaticKVCache:
+    """A graph-friendly static KV cache: fixed shapes, position kept as a device tensor.
+
+    Same buffers as :class:`KVCache`, ``(n_layer, B, nh, max_len, hs)``, but ``update`` writes with
+    ``index_copy_`` at ``pos_t + arange(T)`` and returns the *whole* buffer with a boolean mask
+    ``(1, 1, T, max_len)`` that is ``True`` for ``j <= pos + i`` (filled, causal). Every decode step
+    therefore has the same shapes and no host synchronisation, which is what CUDA graphs and
+    ``torch.compile(mode="reduce-overhead")`` need. The price: attention always reads ``max_len``
+    keys (masked), not just the filled prefix. Pass ``position_ids`` to the model so it does not
+    read :attr:`pos` (a host sync).
+    """
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int | None = None,
+                 device=None, dtype=torch.float32):
+        max_len = cfg.block_size if max_len is None else max_len
+        if not (isinstance(max_len, int) and 1 <= max_len <= cfg.block_size):
+            raise ValueError(f"max_len must lie in [1, block_size={cfg.block_size}], got {max_len}")
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        shape = (cfg.n_layer, batch_size, cfg.n_head, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.pos_t = torch.zeros((), dtype=torch.long, device=device)
+        self._j = torch.arange(max_len, device=device)  # (max_len,)
+
+    @property
+    def pos(self) -> int:
+        """Tokens cached so far (reads the device tensor: a host sync on GPU)."""
+        return int(self.pos_t.item())
+
+    def update(self, layer: int, k, v):
+        T = k.shape[2]
+        idx = self.pos_t + torch.arange(T, device=k.device)  # (T,)
+        self.k[layer].index_copy_(2, idx, k)  # (B, nh, max_len, hs)
+        self.v[layer].index_copy_(2, idx, v)
+        mask = self._j[None, :] <= idx[:, None]  # (T, max_len)
+        return self.k[layer], self.v[layer], mask[None, None]  # mask (1, 1, T, max_len)
+
+    def advance(self, n: int) -> None:
+        self.pos_t.add_(n)
+
+    def reset(self) -> None:
+        self.pos_t.zero_()

@@ -1,0 +1,322 @@
+"""Autoregressive generation: sampling rules, KV-cached decoding, padded batches, fast decode loops.
+
+* Sampling: :func:`next_token_probs` turns logits into the distribution a rule samples from
+  (temperature, top-k, top-p); :func:`sample_next` draws from it; ``temperature=0`` is greedy.
+* Decoding: :func:`generate` runs prefill once, then one token per step, reusing keys and values
+  from a cache (``cache="static"`` preallocated, ``"graph"`` fixed-shape :class:`StaticKVCache`,
+  or ``"none"``: recompute the whole sequence each step, the reference).
+* Batches of different lengths are *left*-padded (:func:`left_pad`), so every row's next token
+  lands in the same column; the padding is hidden with a key mask and each row gets its own
+  position ids, so a padded row decodes exactly as it would alone.
+* :class:`Decoder` is the fast loop for timing: a fixed-shape step that can be captured as a CUDA
+  graph (``mode="cuda-graph"``) or compiled (``mode="compile"``); ``mode="eager"`` runs anywhere.
+
+Nothing here picks a device or dtype silently: the model's parameters decide both.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .models.gpt import GPT, KVCache, StaticKVCache
+
+CACHES = ("static", "graph", "none")
+MODES = ("eager", "cuda-graph", "compile")
+
+
+# ----------------------------------------------------------------------------- sampling
+def _check_rule(temperature, top_k, top_p) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0 \
+            or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not (0.0 < top_p <= 1.0)):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+
+
+def _check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() != 2 or logits.shape[-1] < 1:
+        raise ValueError(f"logits must have shape (B, vocab), got {tuple(logits.shape)}")
+
+
+def filter_logits(logits, *, top_k: int | None = None, top_p: float | None = None):
+    """Set every logit outside the top-k / top-p (nucleus) set to ``-inf``; ``(B, V)`` in and out.
+
+    top-p keeps the *smallest* set of most likely tokens whose probability mass is ``>= top_p``
+    (Holtzman et al., 2020): a token is kept if the mass strictly before it is ``< top_p``.
+    """
+    _check_logits(logits)
+    _check_rule(1.0, top_k, top_p)
+    out = logits.float().clone()
+    if top_k is not None and top_k < out.shape[-1]:
+        kth = torch.topk(out, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        out = out.masked_fill(out < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(out, dim=-1, descending=True)  # (B, V)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs  # (B, V)
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        out = out.masked_fill(drop, float("-inf"))
+    return out
+
+
+def next_token_probs(logits, *, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None):
+    """The distribution a sampling rule draws the next token from: ``(B, V)`` probabilities.
+
+    ``temperature=0`` is greedy (a one-hot on the argmax). Order: temperature, then top-k, then
+    top-p on the tempered distribution (the order Hugging Face's ``generate`` uses).
+    """
+    _check_logits(logits)
+    _check_rule(temperature, top_k, top_p)
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    z = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)
+    return torch.softmax(z, dim=-1)
+
+
+def sample_next(logits, *, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None):
+    """Draw one token per row from ``logits`` (B, V) -> (B,) ids (``temperature=0``: argmax)."""
+    _check_logits(logits)
+    _check_rule(temperature, top_k, top_p)
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- padding
+def left_pad(seqs, pad_id: int = 0, device=None):
+    """Left-pad token lists to one ``(B, T)`` tensor; returns ``(idx, attention_mask)``.
+
+    ``attention_mask`` is ``(B, T)`` bool, ``True`` on real tokens (the Hugging Face convention).
+    """
+    if not isinstance(seqs, (list, tuple)) or not seqs:
+        raise ValueError("seqs must be a non-empty list of token-id lists")
+    if any(len(s) < 1 for s in seqs):
+        raise ValueError(f"every sequence in seqs needs >= 1 token, got lengths {[len(s) for s in seqs]}")
+    T = max(len(s) for s in seqs)
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    am = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for b, s in enumerate(seqs):
+        idx[b, T - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+        am[b, T - len(s):] = True
+    return idx.to(device), am.to(device)
+
+
+def position_ids_from_mask(attention_mask):
+    """Positions that count only real tokens: a left-padded row's first real token is position 0."""
+    am = attention_mask.long()
+    return (am.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+
+
+def _attn_mask(key_valid, tq: int, q_pos_in_keys):
+    """(B, 1, tq, Tk) mask: a query sees the valid keys, and always itself (so that rows of
+    padding never see an empty set and softmax stays finite; their outputs are never used)."""
+    Tk = key_valid.shape[-1]
+    j = torch.arange(Tk, device=key_valid.device)
+    self_ = j[None, :] == q_pos_in_keys[:, None]  # (tq, Tk)
+    return key_valid[:, None, None, :] | self_[None, None]
+
+
+# ----------------------------------------------------------------------------- generation
+def _model_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _check_generate_args(model, idx, max_new_tokens, attention_mask, cache):
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a bmlib GPT, got {type(model).__name__}")
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
+        raise ValueError(f"idx must be a (B, T) long tensor of token ids, got "
+                         f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if idx.shape[1] + max_new_tokens > model.config.block_size:
+        raise ValueError(f"prompt length {idx.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
+                         f"block_size {model.config.block_size}")
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                       or attention_mask.shape != idx.shape):
+        raise ValueError(f"attention_mask must be a bool tensor of idx's shape {tuple(idx.shape)}, got "
+                         f"{tuple(getattr(attention_mask, 'shape', ())) or type(attention_mask).__name__}")
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
+
+
+@torch.no_grad()
+def generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, attention_mask=None,
+             cache: str = "static", seed: int | None = None, return_logits: bool = False):
+    """Extend every row of ``idx`` (B, T) by ``max_new_tokens`` tokens; returns (B, T + new).
+
+    ``attention_mask`` (B, T) marks real tokens of a left-padded batch (see :func:`left_pad`).
+    ``cache``: ``"static"`` (preallocated :class:`KVCache`), ``"graph"`` (fixed-shape
+    :class:`StaticKVCache`) or ``"none"`` (recompute everything each step: the reference).
+    ``seed`` seeds a private generator, so sampling is reproducible and independent of global state.
+    With ``return_logits=True`` also returns the (B, new, V) logits each new token was drawn from.
+    """
+    _check_generate_args(model, idx, max_new_tokens, attention_mask, cache)
+    _check_rule(temperature, top_k, top_p)
+    dev = idx.device
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(seed)
+    B, T0 = idx.shape
+    total = T0 + max_new_tokens
+    am = torch.ones_like(idx, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    key_valid = torch.ones((B, total), dtype=torch.bool, device=dev)
+    key_valid[:, :T0] = am
+    pos_all = position_ids_from_mask(key_valid)  # (B, total)
+    padded = attention_mask is not None and not bool(am.all())
+    out, logits_out = idx, []
+
+    def pick(last_logits):
+        logits_out.append(last_logits)
+        return sample_next(last_logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                           generator=gen)
+
+    if cache == "none":
+        for t in range(max_new_tokens):
+            T = out.shape[1]
+            mask = _attn_mask(key_valid[:, :T], T, torch.arange(T, device=dev)) if padded else None
+            logits, _ = model(out, mask=mask, position_ids=pos_all[:, :T])
+            out = torch.cat([out, pick(logits[:, -1].float())[:, None]], dim=1)
+    else:
+        dtype = _model_dtype(model)
+        kv = (KVCache if cache == "static" else StaticKVCache)(
+            model.config, B, total, device=dev, dtype=dtype)
+        Tk = (lambda end: end) if cache == "static" else (lambda end: total)
+        # prefill: the whole prompt in one pass
+        mask = _attn_mask(key_valid[:, :Tk(T0)], T0, torch.arange(T0, device=dev)) if padded else None
+        logits, _ = model(idx, kv_cache=kv, mask=mask, position_ids=pos_all[:, :T0])
+        nxt = pick(logits[:, -1].float())
+        out = torch.cat([out, nxt[:, None]], dim=1)
+        for t in range(T0, total - 1):  # decode: one token per step
+            mask = key_valid[:, None, None, :Tk(t + 1)] if padded else None
+            logits, _ = model(nxt[:, None], kv_cache=kv, mask=mask, position_ids=pos_all[:, t:t + 1])
+            nxt = pick(logits[:, -1].float())
+            out = torch.cat([out, nxt[:, None]], dim=1)
+    if return_logits:
+        return out, torch.stack(logits_out, dim=1)
+    return out
+
+
+# ----------------------------------------------------------------------------- fast decode loop
+class Decoder:
+    """A fixed-shape greedy decode loop for timing: prefill once, then ``n`` single-token steps.
+
+    ``mode="eager"``: plain PyTorch with a :class:`StaticKVCache` (runs anywhere).
+    ``mode="cuda-graph"``: the decode step (forward + argmax + writing the next token into the input
+    buffer) is captured once as a CUDA graph and replayed; one launch per token instead of ~150.
+    ``mode="compile"``: the step is wrapped in ``torch.compile(mode="reduce-overhead")``, which uses
+    CUDA graphs internally (plus kernel fusion); the first calls compile.
+    """
+
+    def __init__(self, model: GPT, batch_size: int, max_len: int, mode: str = "eager"):
+        if not isinstance(model, GPT):
+            raise TypeError(f"model must be a bmlib GPT, got {type(model).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        dev = next(model.parameters()).device
+        if mode != "eager" and dev.type != "cuda":
+            raise ValueError(f"mode={mode!r} needs the model on a CUDA device, got {dev}")
+        if not (isinstance(max_len, int) and 2 <= max_len <= model.config.block_size):
+            raise ValueError(f"max_len must lie in [2, block_size={model.config.block_size}], got {max_len!r}")
+        self.model, self.mode, self.max_len, self.device = model, mode, max_len, dev
+        self.cache = StaticKVCache(model.config, batch_size, max_len, device=dev, dtype=_model_dtype(model))
+        self.tok = torch.zeros((batch_size, 1), dtype=torch.long, device=dev)  # the step's input
+        self.graph = None
+        self._step = self._eager_step
+        if mode == "compile":
+            self._step = torch.compile(self._eager_step, mode="reduce-overhead")
+
+    def _eager_step(self):
+        logits, _ = self.model(self.tok, kv_cache=self.cache, position_ids=self.cache.pos_t.view(1))
+        nxt = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        self.tok.copy_(nxt)
+        return nxt
+
+    @torch.no_grad()
+    def prefill(self, idx):
+        """Run the prompt ``idx`` (B, T) through the model, filling the cache; sets the first token."""
+        if idx.shape[0] != self.tok.shape[0]:
+            raise ValueError(f"idx must have batch size {self.tok.shape[0]}, got shape {tuple(idx.shape)}")
+        self.cache.reset()
+        T = idx.shape[1]
+        logits, _ = self.model(idx, kv_cache=self.cache, position_ids=torch.arange(T, device=self.device))
+        self.tok.copy_(logits[:, -1].argmax(-1, keepdim=True))
+        return self.tok.clone()
+
+    def _capture(self):
+        # Warm up on a side stream (allocator, cuBLAS handles), then capture one step.
+        pos0 = self.cache.pos_t.clone()
+        tok0 = self.tok.clone()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                self._eager_step()
+                self.cache.pos_t.copy_(pos0)
+                self.tok.copy_(tok0)
+        torch.cuda.current_stream().wait_stream(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._out = self._eager_step()
+        # capture does not execute: state is still at pos0 / tok0
+        self.cache.pos_t.copy_(pos0)
+        self.tok.copy_(tok0)
+
+    @torch.no_grad()
+    def decode(self, n: int):
+        """``n`` greedy decode steps after :meth:`prefill`; returns the (B, n) new token ids."""
+        if not (isinstance(n, int) and n >= 1):
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        out = torch.empty((self.tok.shape[0], n), dtype=torch.long, device=self.device)
+        if self.mode == "cuda-graph":
+            if self.graph is None:
+                self._capture()
+            for i in range(n):
+                self.graph.replay()
+                out[:, i:i + 1].copy_(self.tok)
+        else:
+            for i in range(n):
+                out[:, i:i + 1].copy_(self._step())
+        return out
+
+    def generate(self, idx, max_new_tokens: int):
+        """Prefill + decode: (B, T + max_new_tokens) greedy tokens (same ids as :func:`generate`)."""
+        if idx.shape[1] + max_new_tokens > self.max_len:
+            raise ValueError(f"prompt {idx.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
+                             f"max_len {self.max_len}")
+        first = self.prefill(idx)
+        if max_new_tokens == 1:
+            return torch.cat([idx, first], dim=1)
+        return torch.cat([idx, first, self.decode(max_new_tokens - 1)], dim=1)
+
+
+def decode_floor_ms(weight_bytes: float, mem_bw: float, kv_bytes: float = 0.0) -> float:
+    """The memory-bandwidth floor of one decode step: every weight (and the KV cache) is read once.
+
+    ``(weight_bytes + kv_bytes) / mem_bw`` seconds, in milliseconds. Batch 1 decode does ~2 FLOPs
+    per weight per token, an arithmetic intensity of ~1 FLOP/byte in bf16: far below any GPU's
+    ridge point, so the weight reads, not the FLOPs, set the floor.
+    """
+    for name, v in (("weight_bytes", weight_bytes), ("mem_bw", mem_bw), ("kv_bytes", kv_bytes)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if mem_bw == 0:
+        raise ValueError("mem_bw must be > 0 bytes/s")
+    return (weight_bytes + kv_bytes) / mem_bw * 1e3
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the model's parameters as stored (tied weights counted once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
