@@ -7,7 +7,8 @@ browser). Checked on every page: no console errors and no uncaught exceptions, n
 127.0.0.1, every image decodes, every same-origin link answers 200 and every ``#anchor`` exists,
 math is typeset by the locally served MathJax, and notebook code cells and outputs are visible.
 Screenshots of the landing page and one chapter go to ``_build/screenshots/``; the landing one is
-also copied to ``book/images/rendered-book.png`` (the README shows it).
+also copied to ``book/images/rendered-book.png`` (the README shows it) when
+``BMLIB_UPDATE_README_SCREENSHOT=1`` is set.
 
 The first tests need no browser: they unit-test the book's local Sphinx extension
 (``book/_ext/book_results.py``) and check the static HTML for remote scripts.
@@ -398,6 +399,7 @@ def test_screenshots_saved(browser_report, html_dir):
     if browser_report["chapter_shot"]:
         stem = Path(browser_report["chapter_shot"]).stem
         assert (SCREENSHOTS / f"chapter-{stem}.png").stat().st_size > 10_000
-    if html_dir == ROOT / "_build" / "html":  # only the repository's own build goes in the README
+    # Refresh the README's picture only on request, so `make test` leaves the working tree clean.
+    if html_dir == ROOT / "_build" / "html" and os.environ.get("BMLIB_UPDATE_README_SCREENSHOT"):
         README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(landing, README_IMAGE)
