@@ -12,17 +12,18 @@ targets; replace 80 % of those by ``[MASK]``, 10 % by a random token and keep 10
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import IMPLS, attention
+from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
 
 
 @dataclass(frozen=True)
-class BertConfig:
+class BertConfig(PresetConfig):
     """Sizes use the GPT names (``n_layer``, ``n_head``, ``n_embd``); HF calls them
     ``num_hidden_layers``, ``num_attention_heads``, ``hidden_size``; ``block_size`` is HF's
     ``max_position_embeddings``."""
@@ -41,38 +42,23 @@ class BertConfig:
     attn_impl: str = "sdpa"
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "type_vocab_size", "n_layer", "n_head", "n_embd",
-                     "intermediate_size", "num_labels"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+        check_positive_ints(self, ("vocab_size", "block_size", "type_vocab_size", "n_layer", "n_head", "n_embd",
+                     "intermediate_size", "num_labels"))
+        check_heads(self)
+        check_fractions(self)
         if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         if not (isinstance(self.pad_token_id, int) and 0 <= self.pad_token_id < self.vocab_size):
             raise ValueError(f"pad_token_id must lie in [0, vocab_size={self.vocab_size}), "
                              f"got {self.pad_token_id!r}")
-        if self.attn_impl not in IMPLS:
-            raise ValueError(f"attn_impl must be one of {IMPLS}, got {self.attn_impl!r}")
+        check_choice(self, "attn_impl", IMPLS)
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "BertConfig":
-        """Named sizes: ``tiny`` (~1.4M parameters, 4k vocabulary), ``mini`` (~14M), ``bert-base`` (110M)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
+# Named sizes: ``tiny`` (~1.4M parameters, 4k vocabulary), ``mini`` (~14M), ``bert-base`` (110M).
 PRESETS = {
     "tiny": BertConfig(vocab_size=4096, block_size=128, n_layer=4, n_head=4, n_embd=128,
                        intermediate_size=512),

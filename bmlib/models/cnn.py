@@ -7,15 +7,17 @@ biases a ViT must learn from data (Dosovitskiy et al., 2021); on 1,797 digits th
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import PresetConfig, check_fractions, check_positive_ints
+
 
 @dataclass(frozen=True)
-class CNNConfig:
+class CNNConfig(PresetConfig):
     image_size: int = 8
     in_chans: int = 1
     n_classes: int = 10
@@ -23,10 +25,7 @@ class CNNConfig:
     dropout: float = 0.1
 
     def __post_init__(self):
-        for name in ("image_size", "in_chans", "n_classes"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_positive_ints(self, ("image_size", "in_chans", "n_classes"))
         ch = self.channels
         if not (isinstance(ch, tuple) and ch and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
                                                      for c in ch)):
@@ -34,18 +33,7 @@ class CNNConfig:
         if self.image_size % (2 ** len(ch)):
             raise ValueError(f"image_size ({self.image_size}) must be divisible by 2**len(channels) = "
                              f"{2 ** len(ch)} (one 2x2 pooling per stage)")
-        if not (0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "CNNConfig":
-        """``digits-tiny`` (16, 32 channels, ~12k parameters) and ``digits`` (32, 64, ~66k)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        check_fractions(self)
 
 
 PRESETS = {

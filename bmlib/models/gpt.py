@@ -10,17 +10,18 @@ cached), ``update(layer, k, v) -> (k_all, v_all, mask)`` and ``advance(n)``; see
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import IMPLS, attention
+from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
 
 
 @dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(PresetConfig):
     vocab_size: int = 50257
     block_size: int = 1024
     n_layer: int = 12
@@ -32,33 +33,17 @@ class GPTConfig:
     attn_impl: str = "sdpa"
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
-                and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
-        if self.attn_impl not in IMPLS:
-            raise ValueError(f"attn_impl must be one of {IMPLS}, got {self.attn_impl!r}")
+        check_positive_ints(self, ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
+        check_heads(self)
+        check_fractions(self)
+        check_choice(self, "attn_impl", IMPLS)
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "GPTConfig":
-        """Named sizes: ``tiny`` (~1M parameters with a 4k vocabulary) up to ``gpt2-medium`` (350M)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
+# Named sizes: ``tiny`` (~1M parameters with a 4k vocabulary) up to ``gpt2-medium`` (350M).
 PRESETS = {
     "tiny": GPTConfig(vocab_size=4096, block_size=128, n_layer=4, n_head=4, n_embd=128),
     "mini": GPTConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=6, n_embd=384),

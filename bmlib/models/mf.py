@@ -15,17 +15,19 @@ Losses (``loss=``):
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import PresetConfig, check_choice, check_positive_ints
+
 LOSSES = ("bpr", "bce")
 
 
 @dataclass(frozen=True)
-class MFConfig:
+class MFConfig(PresetConfig):
     n_users: int = 671
     n_items: int = 9066  # items 1..n_items; 0 is padding
     dim: int = 64
@@ -33,22 +35,8 @@ class MFConfig:
     n_negatives: int = 1
 
     def __post_init__(self):
-        for name in ("n_users", "n_items", "dim", "n_negatives"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "MFConfig":
-        """``bpr-64`` (BPR, 64 factors) and ``bce-64`` (BCE with 4 negatives per positive)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        check_positive_ints(self, ("n_users", "n_items", "dim", "n_negatives"))
+        check_choice(self, "loss", LOSSES)
 
 
 PRESETS = {"bpr-64": MFConfig(dim=64, loss="bpr"), "bce-64": MFConfig(dim=64, loss="bce", n_negatives=4)}

@@ -18,19 +18,20 @@ with 0 = ignore. :meth:`SASRec.score` ranks candidate items for the next step.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import IMPLS, attention
+from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
 
 LOSSES = ("ce", "bce")
 
 
 @dataclass(frozen=True)
-class SASRecConfig:
+class SASRecConfig(PresetConfig):
     n_items: int = 9066  # items are 1..n_items; 0 is padding
     max_len: int = 200
     n_layer: int = 2
@@ -42,35 +43,19 @@ class SASRecConfig:
     attn_impl: str = "math"
 
     def __post_init__(self):
-        for name in ("n_items", "max_len", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not (0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.attn_impl not in IMPLS:
-            raise ValueError(f"attn_impl must be one of {IMPLS}, got {self.attn_impl!r}")
+        check_positive_ints(self, ("n_items", "max_len", "n_layer", "n_head", "n_embd"))
+        check_heads(self)
+        check_fractions(self)
+        check_choice(self, "loss", LOSSES)
+        check_choice(self, "attn_impl", IMPLS)
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "SASRecConfig":
-        """``paper``: the ML-1M setting of Kang & McAuley (2 blocks, 1 head, d=50, T=200, dropout
-        0.2, d rounded to 64 here); ``small``: 2 blocks, d=32, T=50 (for CPU runs)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
+# ``paper``: the ML-1M setting of Kang & McAuley (2 blocks, 1 head, d=50, T=200, dropout 0.2;
+# d rounded to 64 here); ``small``: 2 blocks, d=32, T=50 (for CPU runs).
 PRESETS = {
     "paper": SASRecConfig(max_len=200, n_layer=2, n_head=1, n_embd=64, dropout=0.2),
     "small": SASRecConfig(max_len=50, n_layer=2, n_head=1, n_embd=32, dropout=0.2),

@@ -15,19 +15,20 @@ Standardise the features first (fit the scaler on the training split only).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import IMPLS, attention
+from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
 
 TASKS = ("classification", "regression")
 
 
 @dataclass(frozen=True)
-class TabularConfig:
+class TabularConfig(PresetConfig):
     n_features: int = 30
     n_outputs: int = 2
     task: str = "classification"
@@ -41,23 +42,15 @@ class TabularConfig:
     attn_impl: str = "math"
 
     def __post_init__(self):
-        for name in ("n_features", "n_outputs", "d_token", "n_layer", "n_head"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        check_positive_ints(self, ("n_features", "n_outputs", "d_token", "n_layer", "n_head"))
+        check_choice(self, "task", TASKS)
         if self.task == "classification" and self.n_outputs < 2:
             raise ValueError(f"n_outputs must be >= 2 classes for classification, got {self.n_outputs}")
-        if self.d_token % self.n_head:
-            raise ValueError(f"d_token ({self.d_token}) must be divisible by n_head ({self.n_head})")
+        check_heads(self, "d_token")
         if not (isinstance(self.ffn_mult, (int, float)) and self.ffn_mult > 0):
             raise ValueError(f"ffn_mult must be > 0, got {self.ffn_mult!r}")
-        for name in ("dropout", "attn_dropout"):
-            if not (0.0 <= getattr(self, name) < 1.0):
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
-        if self.attn_impl not in IMPLS:
-            raise ValueError(f"attn_impl must be one of {IMPLS}, got {self.attn_impl!r}")
+        check_fractions(self, ("dropout", "attn_dropout"))
+        check_choice(self, "attn_impl", IMPLS)
 
     @property
     def head_dim(self) -> int:
@@ -67,18 +60,9 @@ class TabularConfig:
     def d_ffn(self) -> int:
         return max(1, int(round(self.ffn_mult * self.d_token)))
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "TabularConfig":
-        """``tiny`` (d=32, 2 layers), ``small`` (d=64, 3 layers), ``ft-default`` (the paper's
-        default: d=192, 3 layers, 8 heads, FFN 4/3 d)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
+# ``tiny`` (d=32, 2 layers), ``small`` (d=64, 3 layers), ``ft-default`` (the paper's default:
+# d=192, 3 layers, 8 heads, FFN 4/3 d).
 PRESETS = {
     "tiny": TabularConfig(),
     "small": TabularConfig(d_token=64, n_layer=3, n_head=4),

@@ -15,7 +15,7 @@ for targets such as realised volatility over the next days).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -23,12 +23,13 @@ import torch.nn.functional as F
 
 from ..attention import IMPLS
 from .gpt import Block, GPTConfig
+from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
 
 LOSS_ON = ("last", "all")
 
 
 @dataclass(frozen=True)
-class TimeSeriesConfig:
+class TimeSeriesConfig(PresetConfig):
     block_size: int = 32  # the longest window (lookback) the model accepts
     n_inputs: int = 1
     n_layer: int = 2
@@ -39,34 +40,17 @@ class TimeSeriesConfig:
     attn_impl: str = "math"
 
     def __post_init__(self):
-        for name in ("block_size", "n_inputs", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not (0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
-        if self.loss_on not in LOSS_ON:
-            raise ValueError(f"loss_on must be one of {LOSS_ON}, got {self.loss_on!r}")
-        if self.attn_impl not in IMPLS:
-            raise ValueError(f"attn_impl must be one of {IMPLS}, got {self.attn_impl!r}")
+        check_positive_ints(self, ("block_size", "n_inputs", "n_layer", "n_head", "n_embd"))
+        check_heads(self)
+        check_fractions(self)
+        check_choice(self, "loss_on", LOSS_ON)
+        check_choice(self, "attn_impl", IMPLS)
 
     def gpt_config(self) -> GPTConfig:
         """The GPT block configuration (the vocabulary is unused: inputs are numbers)."""
         return GPTConfig(vocab_size=1, block_size=self.block_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
                          attn_impl=self.attn_impl)
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "TimeSeriesConfig":
-        """``tiny`` (2 layers, d=32), ``small`` (4 layers, d=64, lookback 64)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 PRESETS = {

@@ -15,17 +15,18 @@ so ``model.load_state_dict(hf_model.state_dict())`` works as is (the tests check
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import IMPLS, attention
+from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
 
 
 @dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(PresetConfig):
     image_size: int = 8
     patch_size: int = 2
     in_chans: int = 1
@@ -39,19 +40,13 @@ class ViTConfig:
     attn_impl: str = "math"
 
     def __post_init__(self):
-        for name in ("image_size", "patch_size", "in_chans", "n_classes", "n_layer", "n_head", "n_embd",
-                     "mlp_ratio"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_positive_ints(self, ("image_size", "patch_size", "in_chans", "n_classes", "n_layer", "n_head", "n_embd",
+                     "mlp_ratio"))
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not (0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
-        if self.attn_impl not in IMPLS:
-            raise ValueError(f"attn_impl must be one of {IMPLS}, got {self.attn_impl!r}")
+        check_heads(self)
+        check_fractions(self)
+        check_choice(self, "attn_impl", IMPLS)
 
     @property
     def head_dim(self) -> int:
@@ -61,18 +56,9 @@ class ViTConfig:
     def n_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "ViTConfig":
-        """Named sizes for 8x8 digits: ``digits-tiny`` (~50k parameters), ``digits`` (~0.2M);
-        ``vit-tiny`` is DeiT-Tiny's shape (5.7M, 224x224 RGB, Touvron et al., 2021)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
+# Named sizes for 8x8 digits: ``digits-tiny`` (~50k parameters), ``digits`` (~0.2M);
+# ``vit-tiny`` is DeiT-Tiny's shape (5.7M, 224x224 RGB, Touvron et al., 2021).
 PRESETS = {
     "digits-tiny": ViTConfig(n_layer=2, n_head=4, n_embd=48, mlp_ratio=2),
     "digits": ViTConfig(n_layer=4, n_head=4, n_embd=64, mlp_ratio=4, dropout=0.1),
