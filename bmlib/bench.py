@@ -323,7 +323,7 @@ def run_sweep(sweep: Sweep, *, device=None, progress: bool = True, prov: dict | 
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(combos, desc=sweep.name, unit="case", leave=False)
+        it = tqdm(combos, desc=sweep.name, unit="case", leave=False, mininterval=2.0)
     rows = []
     for combo in it:
         row = run_case(sweep.name, combo, sweep.setup, device=device, **measure_kw)

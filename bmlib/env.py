@@ -158,6 +158,11 @@ def format_provenance(prov: dict | None = None) -> str:
 
 def notebook_header(chapter: str, seed: int = 0) -> dict:
     """First cell of every chapter: seed everything, print and return the provenance."""
+    import warnings
+
+    # tqdm.auto (used inside transformers) warns on every import when ipywidgets is absent; the
+    # book renders plain-text progress bars, so the warning is noise in the committed outputs.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     seed_everything(seed)
     prov = provenance()
     prov["chapter"] = chapter

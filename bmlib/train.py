@@ -399,7 +399,8 @@ def train(model: torch.nn.Module, data, cfg: TrainConfig, *, resume_from=None,
         return rec
 
     t_start = time.perf_counter()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not cfg.progress, leave=False)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not cfg.progress, leave=False,
+               mininterval=2.0)  # few redraws: notebooks store every one of them
     model.train()
     stopped = False
     try:
@@ -463,7 +464,7 @@ def train(model: torch.nn.Module, data, cfg: TrainConfig, *, resume_from=None,
                     or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
                 save_ckpt()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tps:,.0f}")
+            bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
     finally:
         bar.close()
     if not evals or evals[-1]["step"] != step:

@@ -76,7 +76,7 @@ def embed(texts, tokenizer, model, batch_size: int = 64, max_length: int = 256,
     dev = next(model.parameters()).device
     out = []
     starts = range(0, len(texts), batch_size)
-    for i in tqdm(starts, desc="embedding", disable=not progress):
+    for i in tqdm(starts, desc="embedding", disable=not progress, mininterval=2.0):
         enc = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
                         max_length=max_length, return_tensors="pt").to(dev)
         h = model(**enc).last_hidden_state
