@@ -40,8 +40,11 @@ def run_notebook(path, scale: str, timeout: int = 600, kernel: str = "python3") 
     if not path.exists() or path.suffix != ".ipynb":
         raise ValueError(f"path must be an existing .ipynb file, got {str(path)!r}")
     nb = nbformat.read(path, as_version=4)
-    old = os.environ.get("BMLIB_SCALE")
-    os.environ["BMLIB_SCALE"] = scale  # the kernel inherits this process's environment
+    # The kernel inherits this process's environment: the scale, and matplotlib's inline backend
+    # (a non-interactive MPLBACKEND such as Agg, common in CI, would silently drop every figure).
+    saved = {k: os.environ.get(k) for k in ("BMLIB_SCALE", "MPLBACKEND")}
+    os.environ["BMLIB_SCALE"] = scale
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     t0 = time.perf_counter()
     try:
         client = NotebookClient(nb, timeout=timeout, kernel_name=kernel,
@@ -51,10 +54,11 @@ def run_notebook(path, scale: str, timeout: int = 600, kernel: str = "python3") 
     except Exception as e:  # CellExecutionError, timeouts, dead kernels
         ok, err = False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     finally:
-        if old is None:
-            os.environ.pop("BMLIB_SCALE", None)
-        else:
-            os.environ["BMLIB_SCALE"] = old
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     secs = time.perf_counter() - t0
     if ok:
         nbformat.write(nb, path)

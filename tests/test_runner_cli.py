@@ -51,3 +51,14 @@ def test_cli_parser_and_env_command():
                          timeout=120, env={"BMLIB_SCALE": "ci", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert "scale: ci" in out.stdout and "torch:" in out.stdout
+
+
+@pytest.mark.slow
+def test_figures_are_kept_even_with_a_non_interactive_backend(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # what CI exports; it must not drop the book's plots
+    nb = tmp_path / "01_plot.ipynb"
+    _nb(nb, ["import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]);"])
+    assert runner.run_notebook(nb, scale="ci", timeout=120).ok
+    outs = nbformat.read(nb, as_version=4).cells[0].outputs
+    assert any("image/png" in o.get("data", {}) for o in outs)
+    assert __import__("os").environ["MPLBACKEND"] == "Agg"  # restored afterwards
