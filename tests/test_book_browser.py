@@ -181,7 +181,8 @@ def test_mathjax_is_served_locally(html_dir):
     assert (html_dir / "_static" / "mathjax" / "tex-chtml.js").exists(), \
         "sphinx-mathjax-offline did not copy MathJax into _static/mathjax"
     s = _scan_file(str(html_dir / "book" / "intro.html"))
-    assert any(src.endswith("_static/mathjax/tex-chtml.js") for src in s.script_srcs), s.script_srcs
+    # (a rebuild over an existing _build adds a cache-busting "?v=..." to the src)
+    assert any(src.split("?")[0].endswith("_static/mathjax/tex-chtml.js") for src in s.script_srcs), s.script_srcs
 
 
 @pytest.mark.browser  # needs the built book
@@ -221,6 +222,11 @@ def server(html_dir):
     srv.server_close()
 
 
+# What the chapter screenshots centre on: a display equation typeset by MathJax, a plot from a cell.
+# (selectors in order of preference)
+SHOT_TARGETS = {"math": ["mjx-container[display='true']", "div.math mjx-container", "mjx-container"],
+                "plot": ["div.cell_output img"]}
+
 _PAGE_PROBE = """() => {
   const vis = el => { const r = el.getBoundingClientRect(); const s = getComputedStyle(el);
                       return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.display !== 'none'; };
@@ -238,6 +244,12 @@ _PAGE_PROBE = """() => {
     mjxErrors: document.querySelectorAll('mjx-merror').length,
     rawTex: [...document.querySelectorAll('.math')].filter(e => !e.querySelector('mjx-container') && /\\\\\\(|\\$\\$|\\\\\\[/.test(e.textContent)).length,
     mathjaxSrc: [...document.scripts].map(s => s.src).filter(s => s.includes('mathjax')),
+    // TeX that reached the reader as text: prose (math and code removed) with $$, $\\cmd, ^/_ next to $, \\cmd
+    leakedTex: [...(document.querySelector('article') || document.body).querySelectorAll('p, li, td, dd, h1, h2, h3')]
+      .map(e => { const c = e.cloneNode(true);
+                  c.querySelectorAll('pre, code, script, style, mjx-container, .math').forEach(x => x.remove());
+                  return c.textContent.replace(/\\s+/g, ' ').trim(); })
+      .filter(t => /\\$\\s*\\$|\\$\\s*[\\\\^_{]|[\\\\^_}]\\s*\\$|\\\\[a-zA-Z]{2,}/.test(t)).map(t => t.slice(0, 100)),
     cells: cells.length,
     hiddenInputs: inputs.filter(e => !hiddenByTag(e) && !vis(e)).length,
     hiddenOutputs: outputs.filter(e => !hiddenByTag(e) && !vis(e)).length,
@@ -298,9 +310,19 @@ def browser_report(html_dir, server):
             if rel == "book/intro.html":
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(SCREENSHOTS / "landing.png"))
-            elif rel.startswith("notebooks/") and "chapter" not in report.get("_shots", {}):
+            elif (rel.startswith("notebooks/") and "chapter" not in report.get("_shots", {})
+                  and probe["mjx"] and any(i["ok"] and "_images/" in i["src"] for i in probe["imgs"])):
+                # the first chapter with typeset math and a plot: its top, its first equation, its first figure
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(SCREENSHOTS / f"chapter-{Path(rel).stem}.png"))
+                stem = Path(rel).stem
+                page.screenshot(path=str(SCREENSHOTS / f"chapter-{stem}.png"))
+                for kind, sels in SHOT_TARGETS.items():
+                    found = page.evaluate("""ss => { for (const s of ss) for (const e of document.querySelectorAll(s))
+                        if (e.getBoundingClientRect().height > 0) { e.scrollIntoView({block: 'center'}); return true; }
+                        return false; }""", sels)
+                    assert found, f"{rel}: no visible {kind} to photograph"
+                    page.screenshot(path=str(SCREENSHOTS / f"chapter-{stem}-{kind}.png"))
+                page.evaluate("() => window.scrollTo(0, 0)")
                 report.setdefault("_shots", {})["chapter"] = rel
             page.remove_listener("console", on_console)
             page.remove_listener("pageerror", on_pageerror)
@@ -371,6 +393,8 @@ def test_math_is_typeset_by_local_mathjax(browser_report, server):
     bad = {p: {k: r[k] for k in ("mathNodes", "mjx", "mjxErrors", "rawTex")} for p, r in with_math.items()
            if r["mjx"] < r["mathNodes"] or r["mjxErrors"] or r["rawTex"]}
     assert not bad, f"math not typeset: {bad}"
+    leaked = {p: r["leakedTex"] for p, r in pages.items() if r["leakedTex"]}
+    assert not leaked, f"TeX shown as text (a $$ block glued to its paragraph?): {leaked}"
     for p, r in with_math.items():
         assert r["mathjaxSrc"] and all(s.startswith(server) for s in r["mathjaxSrc"]), (p, r["mathjaxSrc"])
 
@@ -396,9 +420,12 @@ def test_screenshots_saved(browser_report, html_dir):
     landing = SCREENSHOTS / "landing.png"
     assert landing.exists() and landing.stat().st_size > 10_000
     assert landing.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if browser_report["chapter_shot"]:
-        stem = Path(browser_report["chapter_shot"]).stem
-        assert (SCREENSHOTS / f"chapter-{stem}.png").stat().st_size > 10_000
+    # the chapters have math and plots, so a chapter screenshot with both must exist
+    assert browser_report["chapter_shot"], "no chapter page has both typeset math and a loaded plot"
+    stem = Path(browser_report["chapter_shot"]).stem
+    for suffix in ("", "-math", "-plot"):
+        shot = SCREENSHOTS / f"chapter-{stem}{suffix}.png"
+        assert shot.stat().st_size > 10_000, shot
     # Refresh the README's picture only on request, so `make test` leaves the working tree clean.
     if html_dir == ROOT / "_build" / "html" and os.environ.get("BMLIB_UPDATE_README_SCREENSHOT"):
         README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
