@@ -892,3 +892,23 @@ def disk_bytes(model: nn.Module, format: str = "safetensors") -> int:
             seen.add(key)
             unique[k] = v.detach().contiguous()
     return len(save(unique))
+
+
+def pareto_front(costs, qualities, higher_is_better: bool = False) -> list[int]:
+    """Indices of the non-dominated points, ordered by cost: no other point has a cost <= and a
+    quality at least as good, with one of the two strictly better. ``costs`` (size, latency) are
+    always lower-is-better; ``higher_is_better`` says which way ``qualities`` go."""
+    costs, qualities = list(costs), list(qualities)
+    if len(costs) != len(qualities):
+        raise ValueError(f"costs and qualities must have the same length, got {len(costs)} and {len(qualities)}")
+    if not all(math.isfinite(float(v)) for v in costs + qualities):
+        raise ValueError("costs and qualities must be finite numbers")
+    sign = -1.0 if higher_is_better else 1.0
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], sign * qualities[i]))
+    front, best = [], math.inf
+    for i in order:
+        q = sign * qualities[i]
+        if q < best:
+            front.append(i)
+            best = q
+    return front

@@ -469,3 +469,31 @@ def test_quant_embedding_rows_within_half_step(gpt):
         C.quantize_embeddings(gpt)
     q = C.quantize_embeddings(gpt, exclude=("wte",))
     assert isinstance(q.transformer.wpe, C.QuantEmbedding) and not isinstance(q.transformer.wte, C.QuantEmbedding)
+
+
+def test_pareto_front_hand_example():
+    # (size, perplexity): b is smaller than a and as good; d is dominated by b; c is the smallest
+    costs, ppl = [4.0, 3.0, 1.0, 3.5], [10.0, 10.0, 12.0, 11.0]
+    assert C.pareto_front(costs, ppl) == [2, 1]
+    assert C.pareto_front(costs, [-p for p in ppl], higher_is_better=True) == [2, 1]
+    with pytest.raises(ValueError, match="same length"):
+        C.pareto_front([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="finite"):
+        C.pareto_front([1.0, float("nan")], [1.0, 2.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=12), st.booleans())
+def test_pareto_front_properties(points, higher):
+    costs, qual = [float(c) for c, _ in points], [float(q) for _, q in points]
+    front = C.pareto_front(costs, qual, higher_is_better=higher)
+    better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
+
+    def dominates(i, j):
+        return (costs[i] <= costs[j] and not better(qual[j], qual[i])
+                and (costs[i] < costs[j] or better(qual[i], qual[j])))
+
+    assert front and all(not any(dominates(j, i) for j in range(len(points))) for i in front)
+    for i in set(range(len(points))) - set(front):  # everything left out is matched or beaten by the front
+        assert any(costs[f] <= costs[i] and not better(qual[i], qual[f]) for f in front)
+    assert [costs[i] for i in front] == sorted(costs[i] for i in front)
