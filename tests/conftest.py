@@ -91,3 +91,16 @@ def repo_root():
     from pathlib import Path
 
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared machine the thread pools of
+    concurrent processes oversubscribe the cores (observed: 60x slower). Modules that train tiny
+    models opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``; restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,14 +11,7 @@ from bmlib.data.tokenizer import EOT, book_tokenizer, tokenizer_fingerprint, tra
 from bmlib.data.tokens import TokenData, corpus_token_data, encode_documents
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared machine the thread pools of
-    concurrent processes oversubscribe the cores (observed: 60x slower). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- corpus

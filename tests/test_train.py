@@ -16,14 +16,7 @@ from bmlib.train import (ArrayData, TrainConfig, TrainingDiverged, evaluate, lr_
 MICRO = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared machine the thread pools of
-    concurrent processes oversubscribe the cores (observed: 60x slower). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**kw):
