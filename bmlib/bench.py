@@ -456,18 +456,12 @@ def gemm_case(m: int, n: int, k: int, dtype: str = "bf16", device=None, flush_l2
         a = torch.randn(m, k, device=dev, dtype=dt)
         b = torch.randn(k, n, device=dev, dtype=dt)
         elem = a.element_size()
-        if dtype == "tf32":
+        if dtype == "tf32" or (dtype == "fp32" and dev.type == "cuda"):
+            allow = dtype == "tf32"  # fp32 on CUDA means true fp32: tensor-core tf32 switched off
+
             def fn():
                 old = torch.backends.cuda.matmul.allow_tf32
-                torch.backends.cuda.matmul.allow_tf32 = True
-                try:
-                    return a @ b
-                finally:
-                    torch.backends.cuda.matmul.allow_tf32 = old
-        elif dtype == "fp32" and dev.type == "cuda":
-            def fn():
-                old = torch.backends.cuda.matmul.allow_tf32
-                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = allow
                 try:
                     return a @ b
                 finally:

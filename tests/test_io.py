@@ -56,15 +56,10 @@ def _wait_for(proc: subprocess.Popen, line: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"writer never printed {line!r}")
 
 
-@pytest.mark.parametrize("kill_after", [0, 5])
-def test_sigkill_mid_write_keeps_the_previous_file(tmp_path, kill_after):
-    target = tmp_path / "results" / "training.json"
-    write_json(target, {"chapter": "training", "figures": {"final_val_loss": 1.25}})
-    before = sha256_file(target)
-
-    proc = _spawn_writer(target, chunks=400)  # would be 400 MiB if it finished
+def _kill_when(proc: subprocess.Popen, line: str) -> None:
+    """SIGKILL the writer as soon as it prints ``line``: a crash at exactly that moment."""
     try:
-        _wait_for(proc, f"chunk {kill_after}")
+        _wait_for(proc, line)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -73,6 +68,16 @@ def test_sigkill_mid_write_keeps_the_previous_file(tmp_path, kill_after):
         proc.stdout.close()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("kill_after", [0, 5])
+def test_sigkill_mid_write_keeps_the_previous_file(tmp_path, kill_after):
+    target = tmp_path / "results" / "training.json"
+    write_json(target, {"chapter": "training", "figures": {"final_val_loss": 1.25}})
+    before = sha256_file(target)
+
+    proc = _spawn_writer(target, chunks=400)  # would be 400 MiB if it finished
+    _kill_when(proc, f"chunk {kill_after}")
 
     # the previous file is untouched and still parses
     assert sha256_file(target) == before
@@ -274,15 +279,7 @@ def test_checkpoint_killed_mid_save(tmp_path, moment):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-c", SAVER, str(d)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        _wait_for(proc, f"{moment} {d / ckpt.WEIGHTS}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
-        proc.stderr.close()
+    _kill_when(proc, f"{moment} {d / ckpt.WEIGHTS}")
     m = _tiny_model(2)
     if moment == "writing":
         assert ckpt.load(d, m)["step"] == 1
