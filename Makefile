@@ -1,6 +1,6 @@
 # Large Models, Measured — two commands do everything on a fresh clone:
 #   make book   creates .venv, installs, builds the HTML book into _build/html
-#   make test   installs, runs the unit tests, nbval on every notebook at ci scale,
+#   make test   installs, runs the unit tests, nbval on every notebook at cpu scale,
 #               the warnings-as-errors book build and the browser checks, then prints a
 #               summary ending in "N passed, M failed"; exits non-zero if any stage failed
 SHELL  := /bin/bash
@@ -18,10 +18,11 @@ export MPLBACKEND := Agg
 .PHONY: install book test unit notebooks book-strict browser lab run-notebooks clean
 
 install: $(STAMP)
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
@@ -35,7 +36,7 @@ unit: install
 	$(PY) -m pytest tests -q -m "not browser"
 
 notebooks: install
-	BMLIB_SCALE=ci $(PY) -m pytest -q $(NBVAL) notebooks/
+	BMLIB_SCALE=cpu $(PY) -m pytest -q $(NBVAL) notebooks/
 
 book-strict: install
 	$(JB) build . --builder html --all --warningiserror --nitpick --keep-going
@@ -49,8 +50,8 @@ test: install
 	@rm -rf $(REPORT) && mkdir -p $(REPORT)
 	@echo "== 1/4 unit tests"
 	$(PY) -m pytest tests -q -m "not browser" --junitxml=$(REPORT)/unit.xml; echo $$? > $(REPORT)/unit.rc
-	@echo "== 2/4 notebooks at ci scale (nbval)"
-	BMLIB_SCALE=ci $(PY) -m pytest -q $(NBVAL) --junitxml=$(REPORT)/notebooks.xml notebooks/; echo $$? > $(REPORT)/notebooks.rc
+	@echo "== 2/4 notebooks at cpu scale (nbval)"
+	BMLIB_SCALE=cpu $(PY) -m pytest -q $(NBVAL) --junitxml=$(REPORT)/notebooks.xml notebooks/; echo $$? > $(REPORT)/notebooks.rc
 	@echo "== 3/4 book build, warnings as errors"
 	set -o pipefail; $(JB) build . --builder html --all --warningiserror --nitpick --keep-going 2>&1 | tee $(REPORT)/book.log | tail -n 25; echo $$? > $(REPORT)/book.rc
 	@echo "== 4/4 the rendered book in headless Chromium"

@@ -1,7 +1,7 @@
 """``python -m bmlib``: the book's command line.
 
     python -m bmlib env                                   # provenance of this machine
-    python -m bmlib run-notebooks [--scale ci|full] [--timeout S] [paths ...]
+    python -m bmlib run-notebooks [--scale cpu|full] [--timeout S] [paths ...]
     python -m bmlib bench [gemm|memory|attention|train|decode|all] [--quick]
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("env", help="print device, versions, scale, date and git commit")
     r = sub.add_parser("run-notebooks", help="execute notebooks in place, top to bottom")
     r.add_argument("paths", nargs="*", help="notebooks to run (default: notebooks/NN_*.ipynb)")
-    r.add_argument("--scale", choices=["ci", "full"], default=None,
+    r.add_argument("--scale", choices=["cpu", "full"], default=None,
                    help="BMLIB_SCALE for the kernels (default: full on a GPU, ci otherwise)")
     r.add_argument("--timeout", type=int, default=900, help="seconds per cell (default 900)")
     b = sub.add_parser("bench", help="GPU/CPU throughput benchmarks; writes results/bench-<gpu>.json")

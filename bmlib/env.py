@@ -2,7 +2,7 @@
 
 Every notebook starts with :func:`notebook_header`, which prints one provenance line (device,
 versions, scale, date, git commit) and seeds every generator. Every chapter picks its configuration
-with :func:`scale`, so the ``ci`` and ``full`` settings sit side by side in one cell.
+with :func:`scale`, so the ``cpu`` and ``full`` settings sit side by side in one cell.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import random
 import subprocess
 from pathlib import Path
 
-SCALES = ("ci", "full")
+SCALES = ("cpu", "full")
 ENV_VAR = "BMLIB_SCALE"
 
 
@@ -27,14 +27,14 @@ def _cuda_available() -> bool:
 
 
 def scale() -> str:
-    """The scale to run at: ``"ci"`` or ``"full"``.
+    """The scale to run at: ``"cpu"`` or ``"full"``.
 
     Read from the environment variable ``BMLIB_SCALE``; when it is unset or empty, ``"full"`` on a
-    machine with a CUDA GPU and ``"ci"`` otherwise. Any other value raises ``ValueError``.
+    machine with a CUDA GPU and ``"cpu"`` otherwise. Any other value raises ``ValueError``.
     """
     value = os.environ.get(ENV_VAR, "").strip()
     if not value:
-        return "full" if _cuda_available() else "ci"
+        return "full" if _cuda_available() else "cpu"
     if value.lower() not in SCALES:
         raise ValueError(f"{ENV_VAR} must be one of {SCALES} (or unset), got {value!r}")
     return value.lower()

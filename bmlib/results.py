@@ -5,7 +5,7 @@ Schema (see the book's conventions page)::
     {"chapter": "training", "provenance": {...}, "figures": {"bmlib_train_mfu": 0.46, ...},
      "rows": [{"impl": "bmlib", ...}, ...]}
 
-Full-scale runs write to ``results/`` (committed, read by the book's tables). ``ci``-scale runs
+Full-scale runs write to ``results/`` (committed, read by the book's tables). ``cpu``-scale runs
 write to ``artifacts/results/`` so that validating the notebooks never overwrites measured results.
 ``BMLIB_RESULTS_DIR`` overrides both.
 """

@@ -67,7 +67,7 @@ def run_notebook(path, scale: str, timeout: int = 600, kernel: str = "python3") 
     return RunResult(path.name, secs, ok, err)
 
 
-def run_notebooks(paths=None, scale: str = "ci", timeout: int = 600) -> list[RunResult]:
+def run_notebooks(paths=None, scale: str = "cpu", timeout: int = 600) -> list[RunResult]:
     """Run several notebooks with a progress bar; returns one :class:`RunResult` each."""
     from tqdm import tqdm
 

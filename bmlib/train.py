@@ -597,7 +597,7 @@ def measure_train_step(model, batch_size: int, seq_len: int, *, dtype: str = "bf
 
 #: How the book's GPT is trained at each scale (the training chapter runs the same recipe).
 PRETRAINED_RECIPES = {
-    "ci": {"model": dict(vocab_size=4096, block_size=64, n_layer=2, n_head=4, n_embd=128, dropout=0.0),
+    "cpu": {"model": dict(vocab_size=4096, block_size=64, n_layer=2, n_head=4, n_embd=128, dropout=0.0),
            "train": dict(max_steps=60, batch_size=8, lr=4e-3, min_lr=4e-4, warmup_steps=10, weight_decay=0.1,
                          grad_clip=1.0, eval_interval=30, eval_iters=4, seed=0)},
     "full": {"model": dict(vocab_size=4096, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
@@ -656,7 +656,7 @@ def train_pretrained(size: str | None = None, *, progress: bool = True, **overri
 
 def pretrained_gpt(size: str | None = None, *, progress: bool = True):
     """``(model, tokenizer, data)``: the book's GPT trained on the CPython corpus at ``size``
-    (``"ci"``: a 2-layer model trained for seconds on a CPU; ``"full"``: the training chapter's 6-layer
+    (``"cpu"``: a 2-layer model trained for seconds on a CPU; ``"full"``: the training chapter's 6-layer
     model, minutes on an H100). The checkpoint is cached under ``artifacts/pretrained/`` and reused
     when present and valid (sha256-verified); otherwise it is trained with a fixed seed. The model
     is returned on the CPU in eval mode; move it with ``.to(device)``."""

@@ -46,13 +46,13 @@ PAGE_TIMEOUT_MS = 30_000
 
 # ============================================================================ extension helpers
 PROV_LINE = ("device: CPU (AMD EPYC, 2 cores) | torch: 2.13.0+cpu | transformers: 5.23.0 | "
-             "python: 3.11.7 | scale: ci | date: 2026-11-23 | git: ec094a7 | chapter: nlp | seed: 0")
+             "python: 3.11.7 | scale: cpu | date: 2026-11-23 | git: ec094a7 | chapter: nlp | seed: 0")
 
 
 def test_parse_provenance_line():
     p = book_results.parse_provenance_line(PROV_LINE)
     assert p["device"] == "CPU (AMD EPYC, 2 cores)"
-    assert (p["scale"], p["date"], p["git"], p["chapter"]) == ("ci", "2026-11-23", "ec094a7", "nlp")
+    assert (p["scale"], p["date"], p["git"], p["chapter"]) == ("cpu", "2026-11-23", "ec094a7", "nlp")
     assert book_results.parse_provenance_line("loss: 3.2 at step 10") is None  # no device/scale
     assert book_results.parse_provenance_line("just some text") is None
     with pytest.raises(TypeError, match="line"):
@@ -67,7 +67,7 @@ def _nb(outputs):
 def test_notebook_provenance_reads_first_code_cells(tmp_path):
     warn = {"output_type": "stream", "name": "stderr", "text": ["TqdmWarning: ...\n"]}
     line = {"output_type": "stream", "name": "stdout", "text": [PROV_LINE + "\n"]}
-    assert book_results.notebook_provenance(_nb([warn, line]))["scale"] == "ci"
+    assert book_results.notebook_provenance(_nb([warn, line]))["scale"] == "cpu"
     assert book_results.notebook_provenance(_nb([warn])) is None
     assert book_results.notebook_provenance(_nb([])) is None
     p = tmp_path / "x.ipynb"
@@ -100,7 +100,7 @@ def test_format_figure(value, text):
 
 def test_describe_run_names_device_scale_date_and_commit():
     s = book_results.describe_run(book_results.parse_provenance_line(PROV_LINE))
-    for part in ("ci-scale", "CPU (AMD EPYC, 2 cores)", "2026-11-23", "ec094a7", "2.13.0+cpu"):
+    for part in ("cpu-scale", "CPU (AMD EPYC, 2 cores)", "2026-11-23", "ec094a7", "2.13.0+cpu"):
         assert part in s
 
 

@@ -1,4 +1,4 @@
-"""Reproducibility: two ci-scale runs of a chapter on the CPU write identical results figures.
+"""Reproducibility: two cpu-scale runs of a chapter on the CPU write identical results figures.
 
 Each chapter below is copied to a temporary folder and executed twice, top to bottom, with
 ``bmlib.runner.run_notebook`` (a fresh kernel each time), the two runs writing their results to two
@@ -44,7 +44,7 @@ def _run_twice(stem: str, results_name: str, tmp_path: Path) -> tuple[dict, dict
             nb = work / src.name
             shutil.copyfile(src, nb)
             os.environ["BMLIB_RESULTS_DIR"] = str(out)
-            r = run_notebook(nb, "ci", timeout=300)
+            r = run_notebook(nb, "cpu", timeout=300)
             assert r.ok, f"run {i} of {stem} failed: {r.error}"
             f = out / f"{results_name}.json"
             assert f.exists(), f"{stem} wrote no {results_name}.json into BMLIB_RESULTS_DIR"
@@ -60,10 +60,10 @@ def _run_twice(stem: str, results_name: str, tmp_path: Path) -> tuple[dict, dict
 @pytest.mark.parametrize("stem", sorted(CHAPTERS))
 def test_two_ci_runs_write_identical_figures(stem, tmp_path):
     a, b = _run_twice(stem, CHAPTERS[stem], tmp_path)
-    assert a["provenance"]["scale"] == b["provenance"]["scale"] == "ci"
+    assert a["provenance"]["scale"] == b["provenance"]["scale"] == "cpu"
     assert set(a["figures"]) == set(b["figures"]), "the two runs reported different figures"
     compared = {k: (a["figures"][k], b["figures"][k]) for k in a["figures"] if not TIMING.search(k)}
     assert compared, f"{stem}: every figure is a timing; nothing to compare"
     diff = {k: v for k, v in compared.items()
             if not (v[0] == v[1] or (isinstance(v[0], float) and math.isnan(v[0]) and math.isnan(v[1])))}
-    assert not diff, f"{stem}: figures differ between two seeded ci runs: {diff}"
+    assert not diff, f"{stem}: figures differ between two seeded cpu runs: {diff}"

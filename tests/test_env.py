@@ -6,7 +6,7 @@ import torch
 from bmlib import env
 
 
-@pytest.mark.parametrize("value,expected", [("ci", "ci"), ("full", "full"), ("FULL", "full"), (" ci ", "ci")])
+@pytest.mark.parametrize("value,expected", [("cpu", "cpu"), ("full", "full"), ("FULL", "full"), (" cpu ", "cpu")])
 def test_scale_reads_env(monkeypatch, value, expected):
     monkeypatch.setenv("BMLIB_SCALE", value)
     assert env.scale() == expected
@@ -14,11 +14,11 @@ def test_scale_reads_env(monkeypatch, value, expected):
 
 def test_scale_default_follows_cuda(monkeypatch):
     monkeypatch.delenv("BMLIB_SCALE", raising=False)
-    assert env.scale() == ("full" if torch.cuda.is_available() else "ci")
+    assert env.scale() == ("full" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(env, "_cuda_available", lambda: True)
     assert env.scale() == "full"
     monkeypatch.setattr(env, "_cuda_available", lambda: False)
-    assert env.scale() == "ci"
+    assert env.scale() == "cpu"
 
 
 @pytest.mark.parametrize("bad", ["medium", "1", "gpu", "ci-full"])
@@ -47,20 +47,20 @@ def test_device_and_bad_preference():
 
 
 def test_provenance_fields(monkeypatch):
-    monkeypatch.setenv("BMLIB_SCALE", "ci")
+    monkeypatch.setenv("BMLIB_SCALE", "cpu")
     p = env.provenance()
     for key in ("device", "torch", "transformers", "scale", "date", "git"):
         assert key in p and p[key]
-    assert p["scale"] == "ci"
+    assert p["scale"] == "cpu"
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", p["date"])
     assert p["torch"] == torch.__version__
 
 
 def test_notebook_header_prints_scale(monkeypatch, capsys):
-    monkeypatch.setenv("BMLIB_SCALE", "ci")
+    monkeypatch.setenv("BMLIB_SCALE", "cpu")
     prov = env.notebook_header("demo", seed=7)
     out = capsys.readouterr().out
-    assert "scale: ci" in out and "device:" in out and "torch:" in out
+    assert "scale: cpu" in out and "device:" in out and "torch:" in out
     assert prov["chapter"] == "demo" and prov["seed"] == 7
 
 

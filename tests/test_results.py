@@ -8,7 +8,7 @@ from bmlib import results
 @pytest.fixture
 def rdir(tmp_path, monkeypatch):
     monkeypatch.setenv("BMLIB_RESULTS_DIR", str(tmp_path))
-    monkeypatch.setenv("BMLIB_SCALE", "ci")
+    monkeypatch.setenv("BMLIB_SCALE", "cpu")
     return tmp_path
 
 
@@ -16,14 +16,14 @@ def test_save_and_load_roundtrip(rdir):
     p = results.save("demo", {"x_ms": 1.5, "acc": 0.9}, rows=[{"impl": "a", "ms": 1.5}])
     doc = json.loads(p.read_text())
     assert doc["chapter"] == "demo" and doc["figures"] == {"x_ms": 1.5, "acc": 0.9}
-    assert doc["provenance"]["scale"] == "ci" and doc["rows"][0]["impl"] == "a"
+    assert doc["provenance"]["scale"] == "cpu" and doc["rows"][0]["impl"] == "a"
     assert results.load("demo")["figures"]["acc"] == 0.9
     assert [d["chapter"] for d in results.load_all(rdir)] == ["demo"]
 
 
 def test_ci_scale_never_writes_committed_results(tmp_path, monkeypatch):
     monkeypatch.delenv("BMLIB_RESULTS_DIR", raising=False)
-    monkeypatch.setenv("BMLIB_SCALE", "ci")
+    monkeypatch.setenv("BMLIB_SCALE", "cpu")
     monkeypatch.setenv("BMLIB_ARTIFACTS", str(tmp_path / "art"))
     p = results.save("demo_ci_location", {"v": 1.0})
     assert p.parent == tmp_path / "art" / "results"

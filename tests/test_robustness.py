@@ -77,8 +77,8 @@ def test_scale_from_environment():
     from bmlib.env import ENV_VAR, SCALES, scale
 
     stats = Counter()
-    values = st.one_of(ENV_TEXT, st.sampled_from(["ci", "full", " CI ", "Full", "", "  ", "gpu",
-                                                  "cpu", "ci full", "full\n"]))
+    values = st.one_of(ENV_TEXT, st.sampled_from(["cpu", "full", " CPU ", "Full", "", "  ", "gpu",
+                                                  "ci", "cpu full", "full\n"]))
 
     @SETTINGS
     @given(values)
@@ -300,7 +300,7 @@ def test_results_save_names_and_figures():
         os.environ["BMLIB_RESULTS_DIR"] = str(folder)
         try:
             kind, path = call(stats, results.save, aliases[bad] if bad else ("?",), **args,
-                              prov={"device": "test", "scale": "ci"})
+                              prov={"device": "test", "scale": "cpu"})
         finally:
             if old is None:
                 os.environ.pop("BMLIB_RESULTS_DIR", None)
@@ -310,7 +310,7 @@ def test_results_save_names_and_figures():
         if kind == ACCEPTED:
             assert Path(path).parent == folder and Path(path).name == f"{args['chapter']}.json"
             doc = json.loads(Path(path).read_text())
-            assert doc["chapter"] == args["chapter"] and doc["provenance"]["scale"] == "ci"
+            assert doc["chapter"] == args["chapter"] and doc["provenance"]["scale"] == "cpu"
             assert doc["figures"] == args["figures"] and doc["rows"] == (args["rows"] or [])
 
     prop()
@@ -323,9 +323,9 @@ def test_results_name_with_trailing_newline(tmp_path, monkeypatch):
 
     monkeypatch.setenv("BMLIB_RESULTS_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="chapter"):
-        results.save("training\n", {"x_ms": 1.0}, prov={"scale": "ci"})
+        results.save("training\n", {"x_ms": 1.0}, prov={"scale": "cpu"})
     with pytest.raises(ValueError, match="figure"):
-        results.save("training", {"x_ms\n": 1.0}, prov={"scale": "ci"})
+        results.save("training", {"x_ms\n": 1.0}, prov={"scale": "cpu"})
 
 
 # ============================================================================ GPTConfig

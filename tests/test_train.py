@@ -317,8 +317,8 @@ def test_measure_train_step_cpu():
 def test_pretrained_gpt_ci_is_cached_and_reloads():
     from bmlib.train import pretrained_gpt
 
-    m1, tok, data = pretrained_gpt("ci", progress=False)  # trains once (~20 s), then cached
-    m2, _, _ = pretrained_gpt("ci", progress=False)  # loads the verified checkpoint
+    m1, tok, data = pretrained_gpt("cpu", progress=False)  # trains once (~20 s), then cached
+    m2, _, _ = pretrained_gpt("cpu", progress=False)  # loads the verified checkpoint
     for (n, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(a, b), n
     assert len(tok) == m1.config.vocab_size and data.block_size == m1.config.block_size

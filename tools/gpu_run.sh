@@ -9,7 +9,7 @@
 # needed where the box's Python differs from the one that made them) along with the working tree.
 # After: untar over the checkout, check `git diff --stat`, commit. A chapter that fails is left
 # untouched and its executed copy is packed as NN_x.failed.ipynb for reading.
-# BMLIB_SCALE may override the scale (e.g. BMLIB_SCALE=ci to try this script on a laptop).
+# BMLIB_SCALE may override the scale (e.g. BMLIB_SCALE=cpu to try this script on a laptop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-_build/gpu-run}

@@ -4,7 +4,7 @@
 
 ``REPORT_DIR`` holds, per stage ``<name>``: ``<name>.rc`` (the stage's exit status) and, for pytest
 stages, ``<name>.xml`` (JUnit XML); the book stage leaves ``book.log`` (its warnings are counted).
-Stages, in order: ``unit`` (unit tests), ``notebooks`` (nbval at ci scale), ``book`` (the strict
+Stages, in order: ``unit`` (unit tests), ``notebooks`` (nbval at cpu scale), ``book`` (the strict
 Jupyter Book build), ``browser`` (the rendered book in headless Chromium). A stage that is missing
 counts as failed. The last line reads ``N passed, M failed`` (counted over test cases; the book build
 counts as one) so CI tooling can pick it up.
@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGES = (("unit", "unit tests"), ("notebooks", "notebooks (nbval, ci scale)"),
+STAGES = (("unit", "unit tests"), ("notebooks", "notebooks (nbval, cpu scale)"),
           ("book", "book build (-W -n)"), ("browser", "browser checks (Chromium)"))
 NO_TESTS_COLLECTED = 5  # pytest's exit status when nothing was collected
 

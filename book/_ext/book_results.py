@@ -8,7 +8,7 @@ Two things, both computed at build time from files in the repository (nothing is
   provenance line that ``bmlib.env.notebook_header`` prints in each chapter's first code cell).
   When ``results/`` holds no file it says so plainly.
 * A provenance banner at the top of every chapter page built from a notebook: "the outputs on this
-  page come from a <scale>-scale run on <device>, <date>, git <commit>", with a caveat for ``ci``
+  page come from a <scale>-scale run on <device>, <date>, git <commit>", with a caveat for ``cpu``
   runs and a warning when a notebook carries no executed provenance line.
 
 The parsing helpers are plain functions (no Sphinx needed) so ``tests/test_book_browser.py`` can
@@ -28,7 +28,7 @@ PROV_KEYS = ("device", "scale", "date", "git")
 
 # ============================================================================ pure helpers
 def parse_provenance_line(line: str) -> dict | None:
-    """``"device: X | torch: 2.13 | scale: ci | ..."`` -> ``{"device": "X", ...}``; ``None`` if the
+    """``"device: X | torch: 2.13 | scale: cpu | ..."`` -> ``{"device": "X", ...}``; ``None`` if the
     line is not a provenance line (it must name at least ``device`` and ``scale``)."""
     if not isinstance(line, str):
         raise TypeError(f"line must be a str, got {type(line).__name__}")
@@ -124,7 +124,7 @@ def describe_run(prov: dict) -> str:
     return ", ".join(parts)
 
 
-CI_CAVEAT = ("At ci scale models and data are deliberately small so that every chapter runs in "
+CI_CAVEAT = ("At cpu scale models and data are deliberately small so that every chapter runs in "
              "under a minute on two CPU cores: timings, throughputs and accuracies are CPU smoke-test "
              "values, not the GPU figures the text discusses. Regenerate the outputs on a GPU with ")
 CI_COMMAND = "python -m bmlib run-notebooks --scale full"
@@ -251,8 +251,8 @@ class ResultsAtAGlance(SphinxDirective):  # type: ignore[misc,valid-type]
         out.append(_table(["chapter", "outputs produced on", "scale", "date", "git"], rows,
                           [30, 34, 8, 14, 10]))
         scales = {r[2] for r in rows}
-        if "ci" in scales:
-            out.append(_ci_caveat("Chapters whose outputs come from the ci scale show CPU "
+        if "cpu" in scales:
+            out.append(_ci_caveat("Chapters whose outputs come from the cpu scale show CPU "
                                   "smoke-test numbers. "))
         return out
 
@@ -278,7 +278,7 @@ def _insert_banner(app, doctree) -> None:
         adm = nodes.admonition(classes=["note", "bmlib-provenance"])
         adm += nodes.title(text="Where the numbers on this page come from")
         adm += _para("The outputs below come from " + describe_run(prov) + ".")
-        if prov.get("scale") == "ci":
+        if prov.get("scale") == "cpu":
             adm += _ci_caveat()
     section = next(iter(doctree.findall(nodes.section)), None)
     if section is None:
