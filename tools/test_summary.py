@@ -5,9 +5,12 @@
 ``REPORT_DIR`` holds, per stage ``<name>``: ``<name>.rc`` (the stage's exit status) and, for pytest
 stages, ``<name>.xml`` (JUnit XML); the book stage leaves ``book.log`` (its warnings are counted).
 Stages, in order: ``unit`` (unit tests), ``notebooks`` (nbval at cpu scale), ``book`` (the strict
-Jupyter Book build), ``browser`` (the rendered book in headless Chromium). A stage that is missing
-counts as failed. The last line reads ``N passed, M failed`` (counted over test cases; the book build
-counts as one) so CI tooling can pick it up.
+Jupyter Book build), ``browser`` (the rendered book in headless Chromium). A stage fails when it is
+missing, exits non-zero (pytest's exit 5, "no tests collected", included), has a failed test, left
+no JUnit XML (pytest stages), or ran no test at all (every test skipped): a stage that checked
+nothing must not read as a pass. A browser stage that did not run (no Chromium) is also announced
+in a banner under the table. The last line reads ``N passed, M failed`` (counted over test cases;
+the book build counts as one) so CI tooling can pick it up.
 """
 from __future__ import annotations
 
@@ -32,9 +35,11 @@ class Stage:
     skipped: int = 0
     notes: list = field(default_factory=list)
 
+    ran_nothing: bool = False  # collected no test, or skipped every one
+
     @property
     def ok(self) -> bool:
-        return self.rc in (0, NO_TESTS_COLLECTED) and self.failed == 0
+        return self.rc == 0 and self.failed == 0 and not self.ran_nothing
 
 
 def read_junit(path: Path) -> tuple[int, int, int, list[str], set[str], set[str]]:
@@ -94,21 +99,35 @@ def summarise(report: Path) -> list[Stage]:
             except ET.ParseError as e:
                 p, f, s, failures, files, bad_files = 0, 1, 0, [f"unreadable {xml.name}: {e}"], set(), set()
             st.passed, st.failed, st.skipped = p, f, s
-            if name == "browser" and p == 0 and s > 0 and f == 0:
-                st.notes.append("every browser check was skipped: is /usr/bin/chromium installed?")
+            if p == 0 and f == 0:
+                st.ran_nothing = True
+                st.notes.append(f"every test was skipped ({s})" if s else "no test cases in the report")
+                if name == "browser":
+                    st.notes.append("is /usr/bin/chromium installed?")
             if name == "notebooks":
                 st.notes.append(f"{len(files) - len(bad_files)} of {len(files)} notebooks validated")
             for fid in failures[:10]:
                 st.notes.append(f"FAILED {fid}")
             if len(failures) > 10:
                 st.notes.append(f"... and {len(failures) - 10} more")
+        elif st.rc == 0:
+            st.ran_nothing = True
+            st.notes.append(f"no {xml.name}: the stage left no test results")
         if st.rc == NO_TESTS_COLLECTED:
-            st.notes.append("no tests collected")
-        if st.rc not in (0, NO_TESTS_COLLECTED) and st.failed == 0:
+            st.ran_nothing = True
+            st.notes.append("no tests collected (pytest exit status 5)")
+        elif st.rc != 0 and st.failed == 0:
             st.failed = 1  # crashed before writing results (collection error, interrupted...)
             st.notes.append(f"exit status {st.rc}")
+        if st.ran_nothing:
+            st.failed = max(st.failed, 1)  # a stage that checked nothing counts as one failure
         stages.append(st)
     return stages
+
+
+def did_not_run(stages: list[Stage]) -> list[Stage]:
+    """The stages that checked nothing: missing, no tests collected, or every test skipped."""
+    return [s for s in stages if s.rc is None or s.ran_nothing]
 
 
 def render(stages: list[Stage]) -> str:
@@ -124,6 +143,10 @@ def render(stages: list[Stage]) -> str:
     passed = sum(s.passed for s in stages)
     failed = sum(s.failed for s in stages)
     bad = [s.label for s in stages if not s.ok]
+    for s in did_not_run(stages):
+        lines += ["", "!" * (w + 44),
+                  f"!!! {s.label.upper()} DID NOT RUN: {'; '.join(s.notes) or 'no results'}",
+                  "!" * (w + 44), ""]
     lines.append(f"make test: {'all stages passed' if not bad else 'FAILED stages: ' + ', '.join(bad)}")
     lines.append(f"{passed} passed, {failed} failed")
     return "\n".join(lines)
