@@ -96,12 +96,18 @@ def _combine_masks(q, k, causal: bool, mask):
 
 
 def attention_math(q, k, v, mask=None, scale: float | None = None, dropout_p: float = 0.0):
-    """The reference: softmax(q kᵀ · scale, masked) v, in the inputs' dtype (fp32 softmax)."""
+    """The reference: softmax(q kᵀ · scale, masked) v, in the inputs' dtype (fp32 softmax).
+
+    A query row whose mask hides every key gets zeros, as SDPA returns (softmax over an empty
+    set would be 0/0 = NaN, and in a left-padded GPT that NaN would reach real tokens).
+    """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, Tq, Tk)
     if mask is not None:
         att = att.masked_fill(~mask, float("-inf"))
     att = torch.softmax(att.float(), dim=-1).to(q.dtype)
+    if mask is not None:
+        att = att.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # fully masked rows -> 0
     if dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
     return att @ v  # (B, nh, Tq, hs)

@@ -98,6 +98,43 @@ def test_padding_mask_ignores_padded_keys(impl):
     torch.testing.assert_close(attention(q, k2, v2, mask=m, impl=impl), out, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fully_masked_query_row_gives_zeros_like_sdpa(impl, dtype):
+    """A query that may see no key gets zeros from SDPA; the math path used to return NaN."""
+    q, k, v = qkv(B=2, tq=4, tk=5, dtype=dtype)
+    mask = torch.ones(2, 1, 4, 5, dtype=torch.bool)
+    mask[0, 0, 1] = False  # batch 0, query 1 sees nothing
+    mask[1, 0, 3, :2] = False  # a partly masked row for contrast
+    out = attention(q, k, v, mask=mask, impl=impl)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[0, :, 1], torch.zeros_like(out[0, :, 1]))
+    expect = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, expect, atol=TOL[dtype], rtol=TOL[dtype])
+    keep = mask.expand(2, 3, 4, 5).any(-1)  # the rows that see something match the reference
+    assert (out.double() - ref(q, k, v, mask).nan_to_num(0.0))[keep].abs().max() < TOL[dtype]
+
+
+@pytest.mark.parametrize("impl", ["math", "sdpa"])
+def test_left_padded_gpt_with_causal_padding_mask_stays_finite(impl):
+    """Left padding plus a causal key mask leaves the first padded query with no visible key. With
+    math attention that row was NaN, and the NaN reached the real tokens in the next layer."""
+    from bmlib.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16, attn_impl=impl)
+    m = GPT(cfg).eval()
+    real = torch.randint(0, 64, (1, 5))
+    idx = torch.cat([torch.zeros(1, 3, dtype=torch.long), real], dim=1)  # 3 pad tokens on the left
+    key_ok = torch.tensor([[False] * 3 + [True] * 5])[:, None, None, :]  # (1, 1, 1, 8)
+    pos = torch.tensor([[0, 0, 0, 0, 1, 2, 3, 4]])
+    with torch.no_grad():
+        padded, _ = m(idx, mask=key_ok, position_ids=pos)
+        alone, _ = m(real)
+    assert torch.isfinite(padded).all()
+    torch.testing.assert_close(padded[:, 3:], alone, atol=1e-5, rtol=1e-5)
+
+
 def test_causal_and_padding_combine():
     q, k, v = qkv(B=2, tq=5, tk=5)
     pm = padding_mask(torch.tensor([5, 2]), 5)
@@ -107,11 +144,12 @@ def test_causal_and_padding_combine():
 
 
 # ----------------------------------------------------------------------------- auto
-def test_choose_impl_cpu_is_sdpa_and_auto_uses_it():
+def test_choose_impl_cpu_is_sdpa():
+    """On the CPU ``auto`` *is* ``sdpa``, so comparing the two outputs would test nothing; the rule
+    is checked here, and ``auto``'s output against the float64 reference in the parity tests."""
     q, k, v = qkv()
     assert choose_impl(q, k, causal=True, mask=None) == "sdpa"
-    torch.testing.assert_close(attention(q, k, v, causal=True, impl="auto"),
-                               attention(q, k, v, causal=True, impl="sdpa"))
+    assert choose_impl(q, k, causal=False, mask=padding_mask(torch.tensor([7, 3]), 7)) == "sdpa"
 
 
 def test_choose_impl_rule_on_meta_device_and_types():
