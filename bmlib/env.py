@@ -26,13 +26,46 @@ def _cuda_available() -> bool:
         return False
 
 
+REHEARSE_VAR = "BMLIB_REHEARSE"
+REHEARSE_STEPS = 2
+
+
+def rehearsing() -> bool:
+    """True when ``BMLIB_REHEARSE=1``: a full-scale rehearsal on the CPU (``run-notebooks --rehearse``).
+
+    A rehearsal runs every chapter's ``full`` configuration (``scale()`` returns ``"full"``) for
+    its first steps only, so shape, dtype and memory bugs surface before GPU time is spent. Loops
+    and timing budgets consult :func:`rehearse_cap`. Only ``"1"``/``"0"``/unset are accepted.
+    """
+    value = os.environ.get(REHEARSE_VAR, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{REHEARSE_VAR} must be '1', '0' or unset, got {value!r}")
+    return value == "1"
+
+
+def rehearse_cap(n, cap: int = REHEARSE_STEPS):
+    """``n`` itself, or ``min(n, cap)`` during a rehearsal: wrap every step count, repetition count,
+    sample count or time budget of a full configuration in it, e.g.
+    ``steps = rehearse_cap(CFG["steps"])`` or ``budget_s = rehearse_cap(2.0, cap=0.05)``."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or n < 0:
+        raise ValueError(f"n must be a non-negative number, got {n!r}")
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0:
+        raise ValueError(f"cap must be a positive number, got {cap!r}")
+    return min(n, cap) if rehearsing() else n
+
+
 def scale() -> str:
     """The scale to run at: ``"cpu"`` or ``"full"``.
 
     Read from the environment variable ``BMLIB_SCALE``; when it is unset or empty, ``"full"`` on a
     machine with a CUDA GPU and ``"cpu"`` otherwise. Any other value raises ``ValueError``.
+    During a rehearsal (:func:`rehearsing`) it is ``"full"``; ``BMLIB_SCALE=cpu`` then raises.
     """
     value = os.environ.get(ENV_VAR, "").strip()
+    if rehearsing():
+        if value and value.lower() != "full":
+            raise ValueError(f"{REHEARSE_VAR}=1 rehearses the full scale, but {ENV_VAR}={value!r}")
+        return "full"
     if not value:
         return "full" if _cuda_available() else "cpu"
     if value.lower() not in SCALES:
@@ -134,6 +167,8 @@ def provenance() -> dict:
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
         "git": _git_commit(),
     }
+    if rehearsing():
+        prov["rehearse"] = True
     if torch.cuda.is_available():
         prov["cuda"] = torch.version.cuda
         prov["driver"] = _nvidia_driver()

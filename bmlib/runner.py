@@ -42,8 +42,9 @@ def run_notebook(path, scale: str, timeout: int = 600, kernel: str = "python3") 
     nb = nbformat.read(path, as_version=4)
     # The kernel inherits this process's environment: the scale, and matplotlib's inline backend
     # (a non-interactive MPLBACKEND such as Agg, common in CI, would silently drop every figure).
-    saved = {k: os.environ.get(k) for k in ("BMLIB_SCALE", "MPLBACKEND")}
+    saved = {k: os.environ.get(k) for k in ("BMLIB_SCALE", "MPLBACKEND", "BMLIB_RUN_NOTEBOOKS")}
     os.environ["BMLIB_SCALE"] = scale
+    os.environ["BMLIB_RUN_NOTEBOOKS"] = "1"  # bmlib.results.save: cpu figures go to results/cpu/
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     t0 = time.perf_counter()
     try:
