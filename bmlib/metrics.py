@@ -15,6 +15,8 @@ set, ``k < 1``, probabilities outside [0, 1], non-finite scores.
   brevity penalty; equals ``sacrebleu.corpus_bleu(...).score`` for ``tokenize="13a"`` -- sacrebleu's
   default -- and ``tokenize="none"``, with sacrebleu's default ``"exp"`` smoothing).
 * Recommendation, leave-one-out: :func:`rank_of_target`, :func:`hit_rate_at_k`, :func:`ndcg_at_k`.
+* Noise: :func:`bootstrap_ci` (percentile bootstrap of any metric, matches ``scipy.stats.bootstrap``),
+  :func:`bootstrap_diff_ci` (paired difference of two models), :func:`precision_recall_curve`.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ __all__ = [
     "accuracy", "precision", "recall", "f1", "confusion_matrix", "roc_curve", "roc_auc",
     "average_precision", "recall_at_specificity", "reliability_curve",
     "expected_calibration_error", "perplexity", "bleu", "tokenize_13a", "rank_of_target",
-    "hit_rate_at_k", "ndcg_at_k",
+    "hit_rate_at_k", "ndcg_at_k", "precision_recall_curve", "bootstrap_indices", "bootstrap_ci",
+    "bootstrap_diff_ci",
 ]
 
 
@@ -432,3 +435,64 @@ def ndcg_at_k(scores, target, k: int = 10) -> float:
     _check_k(k)
     r = rank_of_target(scores, target)
     return float(np.mean(np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)))
+
+
+# ----------------------------------------------------------------------------- noise: bootstrap
+def precision_recall_curve(y_true, y_score):
+    """``(precision, recall, thresholds)`` at every distinct score, highest threshold first,
+    ending at recall 1 (scikit-learn's ``precision_recall_curve`` lists them lowest first and
+    appends the point (P=1, R=0)); :func:`average_precision` is ``sum(diff([0, R]) * P)`` over these."""
+    t, s = _binary_scores(y_true, y_score)
+    fps, tps, thr = _curve_counts(t, s)
+    return tps / (tps + fps), tps / tps[-1], thr
+
+
+def _check_boot(n_boot, level) -> None:
+    if not (isinstance(n_boot, (int, np.integer)) and not isinstance(n_boot, bool) and n_boot >= 10):
+        raise ValueError(f"n_boot must be an int >= 10, got {n_boot!r}")
+    if isinstance(level, bool) or not isinstance(level, (float, int)) or not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+
+
+def bootstrap_indices(y_true, n_boot: int = 1000, seed: int = 0, stratify: bool = False) -> np.ndarray:
+    """``(n_boot, n)`` row indices drawn with replacement. ``stratify=True`` resamples each class
+    of ``y_true`` separately, keeping its count (needed for rare positives: a plain resample may
+    hold none, and ranking metrics are then undefined)."""
+    t = _vector(y_true, "y_true")
+    _check_boot(n_boot, 0.5)
+    rng = np.random.default_rng(seed)
+    if not stratify:
+        return rng.integers(0, t.size, size=(n_boot, t.size))
+    parts = [np.flatnonzero(t == c) for c in np.unique(t)]
+    return np.concatenate([p[rng.integers(0, p.size, size=(n_boot, p.size))] for p in parts], axis=1)
+
+
+def bootstrap_ci(metric, y_true, y_score, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                 stratify: bool = False) -> tuple[float, float, float]:
+    """``(point, low, high)``: ``metric(y_true, y_score)`` on the data and the percentile bootstrap
+    interval (Efron and Tibshirani, 1993) of ``level`` over ``n_boot`` resamples of the examples.
+    The same as ``scipy.stats.bootstrap(..., paired=True, method="percentile")`` up to Monte-Carlo
+    error. It measures test-set sampling noise only (not seed-to-seed training noise)."""
+    if not callable(metric):
+        raise TypeError(f"metric must be callable, got {type(metric).__name__}")
+    _check_boot(n_boot, level)
+    t, s = _pair(y_true, y_score, "y_score")
+    idx = bootstrap_indices(t, n_boot, seed, stratify)
+    vals = np.array([metric(t[i], s[i]) for i in idx], dtype=np.float64)
+    lo, hi = np.percentile(vals, [50 * (1 - level), 50 * (1 + level)])
+    return float(metric(t, s)), float(lo), float(hi)
+
+
+def bootstrap_diff_ci(metric, y_true, score_a, score_b, n_boot: int = 1000, level: float = 0.95,
+                      seed: int = 0, stratify: bool = False) -> tuple[float, float, float]:
+    """``(point, low, high)`` for ``metric(a) - metric(b)`` on the *same* resampled examples
+    (a paired bootstrap). If the interval contains 0, the two are not distinguishable at ``level``."""
+    if not callable(metric):
+        raise TypeError(f"metric must be callable, got {type(metric).__name__}")
+    _check_boot(n_boot, level)
+    t, a = _pair(y_true, score_a, "score_a")
+    _, b = _pair(y_true, score_b, "score_b")
+    idx = bootstrap_indices(t, n_boot, seed, stratify)
+    vals = np.array([metric(t[i], a[i]) - metric(t[i], b[i]) for i in idx], dtype=np.float64)
+    lo, hi = np.percentile(vals, [50 * (1 - level), 50 * (1 + level)])
+    return float(metric(t, a) - metric(t, b)), float(lo), float(hi)
