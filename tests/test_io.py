@@ -170,6 +170,7 @@ def test_sha256_file_matches_hashlib(tmp_path):
 
 
 # ============================================================================ bmlib.checkpoint
+# Crash tests only: round trips and refusals of damaged files are in test_checkpoint.py.
 def _checkpoint():
     return pytest.importorskip("bmlib.checkpoint", reason="bmlib/checkpoint.py is not written yet")
 
@@ -178,70 +179,6 @@ def _tiny_model(seed=0):
     torch = pytest.importorskip("torch")
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
-
-
-def test_checkpoint_roundtrip(tmp_path):
-    ckpt = _checkpoint()
-    torch = pytest.importorskip("torch")
-    m = _tiny_model(0)
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    m(torch.randn(2, 8)).sum().backward()
-    opt.step()
-    ckpt.save(tmp_path / "c", m, opt, step=7, extra={"note": "x"})
-    m2 = _tiny_model(1)
-    opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-3)
-    state = ckpt.load(tmp_path / "c", m2, opt2)
-    assert state["step"] == 7 and state["extra"] == {"note": "x"}
-    for a, b in zip(m.state_dict().values(), m2.state_dict().values()):
-        assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("damage", ["truncate_weights", "truncate_state", "flip_byte", "drop_file",
-                                    "truncate_manifest", "wrong_format"])
-def test_checkpoint_refuses_damaged_files(tmp_path, damage):
-    ckpt = _checkpoint()
-    m = _tiny_model(0)
-    d = ckpt.save(tmp_path / "c", m, step=1)
-    w, s, man = d / ckpt.WEIGHTS, d / ckpt.STATE, d / ckpt.MANIFEST
-    if damage == "truncate_weights":
-        w.write_bytes(w.read_bytes()[:-100])
-        match = "bytes"
-    elif damage == "truncate_state":
-        s.write_bytes(s.read_bytes()[: s.stat().st_size // 2])
-        match = "bytes"
-    elif damage == "flip_byte":  # same size, different content: only the sha256 notices
-        b = bytearray(w.read_bytes())
-        b[-1] ^= 0xFF
-        w.write_bytes(bytes(b))
-        match = "sha256"
-    elif damage == "drop_file":
-        s.unlink()
-        match = "missing"
-    elif damage == "truncate_manifest":
-        man.write_text(man.read_text()[:20])
-        match = "manifest|JSON"
-    else:
-        doc = json.loads(man.read_text())
-        doc["format"] = "someone-else/9"
-        man.write_text(json.dumps(doc))
-        match = "format"
-    with pytest.raises(ckpt.CheckpointError, match=match):
-        ckpt.load(d, _tiny_model(1))
-    assert issubclass(ckpt.CheckpointError, ValueError)
-
-
-def test_checkpoint_refuses_a_model_it_does_not_fit(tmp_path):
-    ckpt = _checkpoint()
-    torch = pytest.importorskip("torch")
-    d = ckpt.save(tmp_path / "c", _tiny_model(0), step=0)
-    with pytest.raises(ckpt.CheckpointError, match="does not fit"):
-        ckpt.load(d, torch.nn.Linear(8, 4))
-
-
-def test_checkpoint_missing_folder(tmp_path):
-    ckpt = _checkpoint()
-    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
-        ckpt.load(tmp_path / "nothing", _tiny_model(0))
 
 
 SAVER = textwrap.dedent("""
