@@ -1,9 +1,9 @@
 """Compute budgets: what a training run costs in FLOPs, memory, GPU-hours and money.
 
-* FLOPs: ``6 N D`` for a dense transformer (2 per parameter per token forward, 4 backward) plus
-  the attention term ``12 L T d`` per token (q·kᵀ and att·v, forward + backward) that ``6N``
-  leaves out (Kaplan et al., 2020; PaLM appendix B). Activation recomputation repeats the forward:
-  ``8 N D`` (Narayanan et al., 2021).
+* FLOPs (formulas in :mod:`bmlib.flops`, re-exported here): ``6 N D`` for a dense transformer (2 per
+  parameter per token forward, 4 backward) plus the attention term ``12 L T d`` per token (q·kᵀ and
+  att·v, forward + backward, causal mask not subtracted) that ``6N`` leaves out (Kaplan et al., 2020;
+  PaLM appendix B). Activation recomputation repeats the forward: ``8 N D`` (Narayanan et al., 2021).
 * Compute-optimal size (Hoffmann et al., 2022, "Chinchilla"): ~20 tokens per parameter, and the
   fitted loss ``L(N, D) = E + A / N^α + B / D^β`` whose minimum under ``6ND = C`` gives
   ``N_opt ∝ C^{β/(α+β)}``.
@@ -16,6 +16,11 @@ Every function validates its inputs and returns plain numbers.
 from __future__ import annotations
 
 import math
+
+# The FLOP and byte formulas live in bmlib.flops (one convention for the whole book); the budget
+# functions below use them and re-export them under their familiar names.
+from .flops import (attention_flops_per_token, inference_flops_per_token, kv_cache_bytes,  # noqa: F401
+                    training_flops)
 
 # Hoffmann et al. (2022), approach 3 fit of L(N, D) = E + A/N^alpha + B/D^beta.
 CHINCHILLA = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
@@ -34,38 +39,6 @@ def _frac(name: str, v) -> float:
     if v > 1:
         raise ValueError(f"{name} must lie in (0, 1], got {v!r}")
     return v
-
-
-def attention_flops_per_token(n_layer: int, seq_len: int, d_model: int, training: bool = True) -> float:
-    """Attention-score FLOPs per token that ``6N`` omits: ``4 L T d`` forward, x3 for training
-    (causal masking not subtracted, as in the PaLM convention)."""
-    for name, v in (("n_layer", n_layer), ("seq_len", seq_len), ("d_model", d_model)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return 4.0 * n_layer * seq_len * d_model * (3 if training else 1)
-
-
-def training_flops(n_params: float, n_tokens: float, *, n_layer: int | None = None,
-                   seq_len: int | None = None, d_model: int | None = None,
-                   recompute: bool = False) -> float:
-    """FLOPs to train ``n_params`` parameters on ``n_tokens`` tokens.
-
-    ``6 N D`` (``8 N D`` with full activation recomputation), plus ``12 L T d`` per token when
-    ``n_layer``, ``seq_len`` and ``d_model`` are all given.
-    """
-    N, D = _pos("n_params", n_params), _pos("n_tokens", n_tokens)
-    f = (8.0 if recompute else 6.0) * N * D
-    given = [x is not None for x in (n_layer, seq_len, d_model)]
-    if any(given) and not all(given):
-        raise ValueError("n_layer, seq_len and d_model must be given together (or none of them)")
-    if all(given):
-        f += attention_flops_per_token(n_layer, seq_len, d_model) * (4 / 3 if recompute else 1) * D
-    return f
-
-
-def inference_flops_per_token(n_params: float) -> float:
-    """``2 N``: one multiply-add per parameter per generated token (attention term aside)."""
-    return 2.0 * _pos("n_params", n_params)
 
 
 # --------------------------------------------------------------------------- Chinchilla
@@ -130,16 +103,6 @@ def inference_bytes_per_param(dtype: str = "bf16") -> float:
     if dtype not in INFER_BYTES:
         raise ValueError(f"dtype must be one of {sorted(INFER_BYTES)}, got {dtype!r}")
     return float(INFER_BYTES[dtype])
-
-
-def kv_cache_bytes(n_layer: int, d_model: int, seq_len: int, batch_size: int = 1,
-                   bytes_per_value: float = 2.0) -> float:
-    """Keys and values of every layer for ``batch_size x seq_len`` tokens: ``2 L T B d x bytes``."""
-    for name, v in (("n_layer", n_layer), ("d_model", d_model), ("seq_len", seq_len),
-                    ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return 2.0 * n_layer * d_model * seq_len * batch_size * _pos("bytes_per_value", bytes_per_value)
 
 
 # --------------------------------------------------------------------------- time and money
