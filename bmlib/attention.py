@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .flops import mha_flops  # noqa: F401  (the FLOP formula of MultiHeadAttention lives in bmlib.flops)
+
 IMPLS = ("math", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "auto")
 
 
@@ -341,23 +343,6 @@ def mha_params(d_model: int, n_head: int, bias: bool = True) -> int:
     ``4 d^2``, plus ``4 d`` biases. The head count splits ``d``; it does not change the count."""
     _check_heads(d_model, n_head)
     return 4 * d_model * d_model + (4 * d_model if bias else 0)
-
-
-def mha_flops(T: int, d_model: int, n_head: int, *, batch: int = 1, kv_len: int | None = None) -> int:
-    """Forward matmul FLOPs of :class:`MultiHeadAttention` (2 per multiply-add).
-
-    Projections: q and out ``2·T·d²`` each, k and v ``2·Tk·d²`` each; scores ``q kᵀ`` and the
-    weighted sum ``att v``: ``2·T·Tk·d`` each (summed over heads, ``nh · hs = d``). Self-attention
-    (``Tk = T``): ``8·T·d² + 4·T²·d``. Causal masking is not subtracted; softmax, scaling and
-    bias additions are not matmuls and are not counted.
-    """
-    _check_heads(d_model, n_head)
-    tk = T if kv_len is None else kv_len
-    for name, x in (("T", T), ("kv_len", tk), ("batch", batch)):
-        if isinstance(x, bool) or not isinstance(x, int) or x < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {x!r}")
-    d = d_model
-    return batch * (4 * T * d * d + 4 * tk * d * d + 4 * T * tk * d)
 
 
 class MultiHeadAttention(nn.Module):

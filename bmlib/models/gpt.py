@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import flops
 from ..attention import IMPLS, attention
 from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
 
@@ -145,15 +146,16 @@ class GPT(nn.Module):
         forward = 2N + 4·L·T·C, where N counts every weight matrix a token passes through (the
         output projection included, the embedding look-ups excluded) and 4·L·T·C is the q·kᵀ and
         att·v products (causal masking not subtracted, as in PaLM's appendix B); training is three
-        times the forward (backward = 2 x forward): 6N + 12·L·T·C.
+        times the forward (backward = 2 x forward): 6N + 12·L·T·C. The formula and its conventions
+        are :func:`bmlib.flops.transformer_flops_per_token`'s.
         """
         cfg = self.config
         T = cfg.block_size if seq_len is None else seq_len
-        if not (isinstance(T, int) and 1 <= T):
+        if isinstance(T, bool) or not (isinstance(T, int) and 1 <= T):
             raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
-        N = self.num_params(non_embedding=True) + cfg.vocab_size * cfg.n_embd  # + lm_head matmul
-        fwd = 2 * N + 4 * cfg.n_layer * T * cfg.n_embd
-        return float(3 * fwd if training else fwd)
+        N = flops.gpt_matmul_params(cfg.n_layer, cfg.n_embd, cfg.vocab_size,
+                                    self.num_params(non_embedding=True))  # + lm_head matmul
+        return flops.transformer_flops_per_token(N, cfg.n_layer, T, cfg.n_embd, training=training)
 
     def forward(self, idx, targets=None, *, kv_cache=None, mask=None, position_ids=None):
         """``idx`` (B, T) token ids -> ``(logits (B, T, V), loss or None)``.
