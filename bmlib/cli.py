@@ -1,7 +1,8 @@
 """``python -m bmlib``: the book's command line.
 
     python -m bmlib env                                   # provenance of this machine
-    python -m bmlib run-notebooks [--scale cpu|full] [--timeout S] [paths ...]
+    python -m bmlib run-notebooks [--scale cpu|full] [--timeout S] [--budget S] [--jobs N]
+                                  [--rehearse] [paths ...]
     python -m bmlib bench [gemm|memory|attention|train|decode|all] [--quick]
 """
 from __future__ import annotations
@@ -31,10 +32,20 @@ def _cmd_env(args) -> int:
 
 def _cmd_run_notebooks(args) -> int:
     from .env import scale
-    from .runner import run_notebooks, summary_table
+    from .runner import FULL_BUDGET_S, run_notebooks, summary_table
 
-    results = run_notebooks(args.paths or None, scale=args.scale or scale(), timeout=args.timeout)
+    if args.rehearse and args.scale == "cpu":
+        print("--rehearse runs the full configurations: drop --scale cpu", file=sys.stderr)
+        return 2
+    run_scale = "full" if args.rehearse else (args.scale or scale())
+    results = run_notebooks(args.paths or None, scale=run_scale, timeout=args.timeout,
+                            jobs=args.jobs, budget=args.budget, rehearse=args.rehearse)
     print(summary_table(results))
+    if run_scale == "full":
+        planned = sum(r.planned_s or 0 for r in results)
+        verdict = "fits" if planned <= FULL_BUDGET_S else "does NOT fit"
+        print(f"planned full-scale seconds: {planned:.0f} -- {verdict} one GPU session "
+              f"({FULL_BUDGET_S:.0f} s on one H100/H200)")
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -52,8 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run-notebooks", help="execute notebooks in place, top to bottom")
     r.add_argument("paths", nargs="*", help="notebooks to run (default: notebooks/NN_*.ipynb)")
     r.add_argument("--scale", choices=["cpu", "full"], default=None,
-                   help="BMLIB_SCALE for the kernels (default: full on a GPU, ci otherwise)")
+                   help="BMLIB_SCALE for the kernels (default: full on a GPU, cpu otherwise)")
     r.add_argument("--timeout", type=int, default=900, help="seconds per cell (default 900)")
+    r.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="seconds the whole run may take: a chapter whose planned seconds no longer "
+                        "fit is skipped, and cell timeouts are capped by what is left")
+    r.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="chapters run at once (timing chapters always run alone; default 1)")
+    r.add_argument("--rehearse", action="store_true",
+                   help="run the full configurations on this machine for their first steps "
+                        "(BMLIB_REHEARSE=1); executed copies go to artifacts/rehearse/")
     b = sub.add_parser("bench", help="GPU/CPU throughput benchmarks; writes results/bench-<gpu>.json")
     b.add_argument("what", nargs="?", default="all",
                    choices=["gemm", "memory", "attention", "train", "decode", "all"])
