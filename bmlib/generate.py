@@ -20,6 +20,9 @@ import math
 import torch
 
 from .models.gpt import GPT, KVCache, StaticKVCache
+from .models.llama import Llama
+
+DECODERS = (GPT, Llama)  # the model families generate() and Decoder drive (same forward protocol)
 
 CACHES = ("static", "graph", "none")
 MODES = ("eager", "cuda-graph", "compile")
@@ -38,10 +41,21 @@ def _check_rule(temperature, top_k, top_p) -> None:
 
 
 def _check_logits(logits) -> None:
+    """A ``(B, V)`` float tensor whose rows a distribution can be made of: no NaN, no ``+inf``,
+    and at least one finite logit per row (``-inf`` marks a banned token). Otherwise softmax gives
+    NaN and ``multinomial`` either raises from deep inside or, via argmax, picks the NaN."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2 or logits.shape[-1] < 1:
         raise ValueError(f"logits must have shape (B, vocab), got {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    bad = torch.isnan(logits) | (logits == float("inf"))  # (B, V)
+    empty = ~torch.isfinite(logits).any(dim=-1)  # (B,): every logit is -inf (or NaN/inf)
+    if bool(bad.any()) or bool(empty.any()):
+        rows = sorted(set(bad.any(-1).nonzero().flatten().tolist()) | set(empty.nonzero().flatten().tolist()))
+        raise ValueError(f"logits must be finite or -inf with at least one finite value per row; "
+                         f"rows {rows[:5]} hold NaN, +inf or only -inf")
 
 
 def filter_logits(logits, *, top_k: int | None = None, top_p: float | None = None):
@@ -100,19 +114,32 @@ def left_pad(seqs, pad_id: int = 0, device=None):
     """
     if not isinstance(seqs, (list, tuple)) or not seqs:
         raise ValueError("seqs must be a non-empty list of token-id lists")
+    if isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0:
+        raise ValueError(f"pad_id must be an int >= 0, got {pad_id!r}")
+    for b, s in enumerate(seqs):
+        if isinstance(s, torch.Tensor):
+            s = s.tolist()
+        if isinstance(s, (str, bytes)) or not hasattr(s, "__len__"):
+            raise TypeError(f"seqs[{b}] must be a list of token ids, got {type(s).__name__}")
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in s):
+            raise ValueError(f"seqs[{b}] must hold int token ids >= 0, got {list(s)[:8]}")
     if any(len(s) < 1 for s in seqs):
         raise ValueError(f"every sequence in seqs needs >= 1 token, got lengths {[len(s) for s in seqs]}")
     T = max(len(s) for s in seqs)
     idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     am = torch.zeros((len(seqs), T), dtype=torch.bool)
     for b, s in enumerate(seqs):
-        idx[b, T - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+        idx[b, T - len(s):] = torch.as_tensor(s.tolist() if isinstance(s, torch.Tensor) else list(s),
+                                              dtype=torch.long)
         am[b, T - len(s):] = True
     return idx.to(device), am.to(device)
 
 
 def position_ids_from_mask(attention_mask):
     """Positions that count only real tokens: a left-padded row's first real token is position 0."""
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+        raise ValueError("attention_mask must be a (B, T) tensor, got "
+                         f"{tuple(getattr(attention_mask, 'shape', ())) or type(attention_mask).__name__}")
     am = attention_mask.long()
     return (am.cumsum(-1) - 1).clamp(min=0)  # (B, T)
 
@@ -131,9 +158,17 @@ def _model_dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def _new_cache(model, kind: str, batch_size: int, max_len: int, device, dtype):
+    """A ``"static"`` or ``"graph"`` KV cache shaped for ``model`` (GQA-sized for a Llama)."""
+    if isinstance(model, Llama):
+        return model.new_kv_cache(batch_size, max_len, kind=kind)
+    cls = KVCache if kind == "static" else StaticKVCache
+    return cls(model.config, batch_size, max_len, device=device, dtype=dtype)
+
+
 def _check_generate_args(model, idx, max_new_tokens, attention_mask, cache):
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a bmlib GPT, got {type(model).__name__}")
+    if not isinstance(model, DECODERS):
+        raise TypeError(f"model must be a bmlib GPT or Llama, got {type(model).__name__}")
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
         raise ValueError(f"idx must be a (B, T) long tensor of token ids, got "
                          f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
@@ -142,10 +177,18 @@ def _check_generate_args(model, idx, max_new_tokens, attention_mask, cache):
     if idx.shape[1] + max_new_tokens > model.config.block_size:
         raise ValueError(f"prompt length {idx.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
                          f"block_size {model.config.block_size}")
-    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
-                                       or attention_mask.shape != idx.shape):
-        raise ValueError(f"attention_mask must be a bool tensor of idx's shape {tuple(idx.shape)}, got "
-                         f"{tuple(getattr(attention_mask, 'shape', ())) or type(attention_mask).__name__}")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != idx.shape:
+            raise ValueError(f"attention_mask must be a bool tensor of idx's shape {tuple(idx.shape)}, got "
+                             f"{tuple(getattr(attention_mask, 'shape', ())) or type(attention_mask).__name__}")
+        if attention_mask.is_floating_point() or not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold 0/1 or False/True (True = real token)")
+        am = attention_mask.bool()
+        if not bool(am.any(dim=1).all()):
+            raise ValueError("attention_mask must mark at least one real token in every row")
+        if not bool((am[:, 1:] >= am[:, :-1]).all()):
+            raise ValueError("attention_mask must be left-padded (padding first, then real tokens; "
+                             "see left_pad): a row has padding after a real token")
     if cache not in CACHES:
         raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
 
@@ -191,8 +234,7 @@ def generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 0.0,
             out = torch.cat([out, pick(logits[:, -1].float())[:, None]], dim=1)
     else:
         dtype = _model_dtype(model)
-        kv = (KVCache if cache == "static" else StaticKVCache)(
-            model.config, B, total, device=dev, dtype=dtype)
+        kv = _new_cache(model, cache, B, total, dev, dtype)
         Tk = (lambda end: end) if cache == "static" else (lambda end: total)
         # prefill: the whole prompt in one pass
         mask = _attn_mask(key_valid[:, :Tk(T0)], T0, torch.arange(T0, device=dev)) if padded else None
@@ -221,17 +263,19 @@ class Decoder:
     """
 
     def __init__(self, model: GPT, batch_size: int, max_len: int, mode: str = "eager"):
-        if not isinstance(model, GPT):
-            raise TypeError(f"model must be a bmlib GPT, got {type(model).__name__}")
+        if not isinstance(model, DECODERS):
+            raise TypeError(f"model must be a bmlib GPT or Llama, got {type(model).__name__}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         dev = next(model.parameters()).device
         if mode != "eager" and dev.type != "cuda":
             raise ValueError(f"mode={mode!r} needs the model on a CUDA device, got {dev}")
-        if not (isinstance(max_len, int) and 2 <= max_len <= model.config.block_size):
+        if isinstance(max_len, bool) or not (isinstance(max_len, int) and 2 <= max_len <= model.config.block_size):
             raise ValueError(f"max_len must lie in [2, block_size={model.config.block_size}], got {max_len!r}")
+        if isinstance(batch_size, bool) or not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.model, self.mode, self.max_len, self.device = model, mode, max_len, dev
-        self.cache = StaticKVCache(model.config, batch_size, max_len, device=dev, dtype=_model_dtype(model))
+        self.cache = _new_cache(model, "graph", batch_size, max_len, dev, _model_dtype(model))
         self.tok = torch.zeros((batch_size, 1), dtype=torch.long, device=dev)  # the step's input
         self.graph = None
         self._step = self._eager_step
@@ -239,7 +283,10 @@ class Decoder:
             self._step = torch.compile(self._eager_step, mode="reduce-overhead")
 
     def _eager_step(self):
-        logits, _ = self.model(self.tok, kv_cache=self.cache, position_ids=self.cache.pos_t.view(1))
+        # the step's ids are the model's own argmax and its position is bounded by max_len, so the
+        # value checks (a host sync each) are skipped; shapes and dtypes are still checked
+        logits, _ = self.model(self.tok, kv_cache=self.cache, position_ids=self.cache.pos_t.view(1),
+                               validate=False)
         nxt = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
         self.tok.copy_(nxt)
         return nxt
@@ -247,8 +294,11 @@ class Decoder:
     @torch.no_grad()
     def prefill(self, idx):
         """Run the prompt ``idx`` (B, T) through the model, filling the cache; sets the first token."""
-        if idx.shape[0] != self.tok.shape[0]:
-            raise ValueError(f"idx must have batch size {self.tok.shape[0]}, got shape {tuple(idx.shape)}")
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[0] != self.tok.shape[0]:
+            raise ValueError(f"idx must be a ({self.tok.shape[0]}, T) tensor of token ids, got "
+                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+        if idx.shape[1] > self.max_len:
+            raise ValueError(f"idx has {idx.shape[1]} tokens; the decoder holds max_len={self.max_len}")
         self.cache.reset()
         T = idx.shape[1]
         logits, _ = self.model(idx, kv_cache=self.cache, position_ids=torch.arange(T, device=self.device))
@@ -277,8 +327,10 @@ class Decoder:
     @torch.no_grad()
     def decode(self, n: int):
         """``n`` greedy decode steps after :meth:`prefill`; returns the (B, n) new token ids."""
-        if not (isinstance(n, int) and n >= 1):
+        if isinstance(n, bool) or not (isinstance(n, int) and n >= 1):
             raise ValueError(f"n must be an int >= 1, got {n!r}")
+        if self.cache.pos + n > self.max_len:
+            raise ValueError(f"n={n} more tokens after {self.cache.pos} exceed max_len={self.max_len}")
         out = torch.empty((self.tok.shape[0], n), dtype=torch.long, device=self.device)
         if self.mode == "cuda-graph":
             if self.graph is None:
@@ -293,6 +345,11 @@ class Decoder:
 
     def generate(self, idx, max_new_tokens: int):
         """Prefill + decode: (B, T + max_new_tokens) greedy tokens (same ids as :func:`generate`)."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+            raise ValueError(f"idx must be a (B, T) tensor of token ids, got "
+                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
         if idx.shape[1] + max_new_tokens > self.max_len:
             raise ValueError(f"prompt {idx.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
                              f"max_len {self.max_len}")
@@ -319,4 +376,6 @@ def decode_floor_ms(weight_bytes: float, mem_bw: float, kv_bytes: float = 0.0) -
 
 def weight_bytes(model) -> int:
     """Bytes of the model's parameters as stored (tied weights counted once)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return sum(p.numel() * p.element_size() for p in model.parameters())

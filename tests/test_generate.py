@@ -53,8 +53,60 @@ def test_temperature_zero_is_greedy_and_small_temperature_approaches_it():
     assert torch.equal(G.sample_next(logits, temperature=0), logits.argmax(-1))
     p = G.next_token_probs(logits, temperature=1e-4)
     assert torch.equal(p.argmax(-1), logits.argmax(-1)) and (p.max(-1).values > 0.999).all()
-    p1 = G.next_token_probs(logits, temperature=1.0)
-    assert torch.allclose(p1, torch.softmax(logits, -1), atol=1e-6)
+
+
+# ------------------------------------------------------------------ parity with Hugging Face
+def _hf_probs(logits, temperature, top_k, top_p):
+    """Hugging Face's own warpers, in the order its ``generate`` applies them."""
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+
+    ids = torch.zeros(logits.shape[0], 1, dtype=torch.long)  # unused by these warpers
+    z = TemperatureLogitsWarper(temperature)(ids, logits.clone())
+    if top_k is not None:
+        z = TopKLogitsWarper(top_k)(ids, z)
+    if top_p is not None:
+        z = TopPLogitsWarper(top_p)(ids, z)
+    return z, torch.softmax(z, -1)
+
+
+def _near_top_p_boundary(logits, temperature, top_k, top_p) -> bool:
+    """True when some token's mass-before lies within float error of top_p (either rule may then
+    keep or drop it; such draws test rounding, not the rule)."""
+    z = G.filter_logits(logits / temperature, top_k=top_k)
+    pr = torch.softmax(z.double(), -1).sort(-1, descending=True).values
+    before = pr.cumsum(-1) - pr
+    return bool(((before - top_p).abs() < 1e-5).any())
+
+
+@settings(max_examples=80, deadline=None)
+@given(B=st.integers(1, 3), V=st.integers(2, 60), temperature=st.sampled_from([0.5, 1.0, 1.7]),
+       top_k=st.one_of(st.none(), st.integers(1, 70)),
+       top_p=st.one_of(st.none(), st.floats(0.05, 1.0)), scale=st.sampled_from([0.5, 3.0]),
+       seed=st.integers(0, 10_000))
+def test_filtering_matches_hugging_face_warpers(B, V, temperature, top_k, top_p, scale, seed):
+    logits = torch.randn(B, V, generator=torch.Generator().manual_seed(seed)) * scale
+    if top_p is not None and _near_top_p_boundary(logits, temperature, top_k, top_p):
+        return
+    hz, hp = _hf_probs(logits, temperature, top_k, top_p)
+    ours = G.next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    assert torch.equal(ours > 0, torch.isfinite(hz))  # the same tokens are kept
+    torch.testing.assert_close(ours, hp, atol=1e-6, rtol=1e-5)
+    z = G.filter_logits(logits, top_k=top_k, top_p=top_p)  # and filter_logits alone, temperature 1
+    hz1, _ = _hf_probs(logits, 1.0, top_k, top_p)
+    if top_p is None or not _near_top_p_boundary(logits, 1.0, top_k, top_p):
+        assert torch.equal(torch.isfinite(z), torch.isfinite(hz1))
+        assert torch.equal(z[torch.isfinite(z)], logits[torch.isfinite(z)])
+
+
+def test_filtering_matches_hugging_face_with_ties_and_banned_tokens():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.5, float("-inf")], [2.0, 2.0, 2.0, 2.0, 2.0]])
+    for top_k, top_p in [(2, None), (1, None), (None, 0.5), (3, 0.9), (10, None)]:
+        hz, _ = _hf_probs(logits, 1.0, top_k, top_p)
+        z = G.filter_logits(logits, top_k=top_k, top_p=top_p)
+        assert torch.isfinite(z).sum() == torch.isfinite(hz).sum(), (top_k, top_p)
+        if top_p is None:  # top-k keeps every tie with the k-th value in both
+            assert torch.equal(torch.isfinite(z), torch.isfinite(hz))
 
 
 def test_empirical_frequencies_match_softmax_chi_square():
@@ -85,6 +137,30 @@ def test_bad_logits():
         G.sample_next(torch.randn(5))
     with pytest.raises(TypeError, match="logits"):
         G.sample_next([1.0, 2.0])
+    with pytest.raises(TypeError, match="logits"):
+        G.sample_next(torch.tensor([[1, 2]]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_nan_or_inf_logits_are_refused(bad, temperature):
+    """argmax used to pick the NaN (greedy) and multinomial to raise from deep inside."""
+    logits = torch.tensor([[0.0, 1.0, 2.0], [0.0, bad, 1.0]])
+    for fn in (G.sample_next, G.next_token_probs):
+        with pytest.raises(ValueError, match=r"logits .*rows \[1\]"):
+            fn(logits, temperature=temperature)
+    with pytest.raises(ValueError, match="logits"):
+        G.filter_logits(logits, top_k=2)
+
+
+def test_all_minus_inf_row_is_refused_but_partly_banned_rows_are_fine():
+    ninf = float("-inf")
+    with pytest.raises(ValueError, match="only -inf"):
+        G.sample_next(torch.tensor([[ninf, ninf], [0.0, 1.0]]))
+    ok = torch.tensor([[ninf, 0.0, ninf], [0.0, 1.0, ninf]])
+    draws = G.sample_next(ok, generator=torch.Generator().manual_seed(0))
+    assert draws[0].item() == 1 and draws[1].item() in (0, 1)
+    assert torch.equal(G.sample_next(ok, temperature=0), torch.tensor([1, 1]))
 
 
 # ------------------------------------------------------------------ KV cache and batching
@@ -127,6 +203,16 @@ def test_left_pad_layout():
         G.left_pad([])
     with pytest.raises(ValueError, match="seqs"):
         G.left_pad([[1], []])
+    with pytest.raises(ValueError, match=r"seqs\[1\]"):
+        G.left_pad([[1], [2.7, 3]])  # used to truncate 2.7 to 2 silently
+    with pytest.raises(ValueError, match=r"seqs\[0\]"):
+        G.left_pad([[-1, 3]])
+    with pytest.raises(TypeError, match=r"seqs\[0\]"):
+        G.left_pad(["abc"])
+    with pytest.raises(ValueError, match="pad_id"):
+        G.left_pad([[1]], pad_id=-1)
+    with pytest.raises(ValueError, match="attention_mask"):
+        G.position_ids_from_mask([1, 1])
 
 
 def test_decoder_eager_matches_generate(model):
@@ -166,6 +252,38 @@ def test_generate_bad_args(model, kw, name):
         G.generate(model, torch.zeros(2, 4, dtype=torch.long), **kw)
 
 
+@pytest.mark.parametrize("am, msg", [
+    (torch.tensor([[True, True, False], [True, True, True]]), "left-padded"),
+    (torch.tensor([[False, False, False], [True, True, True]]), "at least one real token"),
+    (torch.tensor([[0, 2, 1], [1, 1, 1]]), "0/1"),
+    (torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]]), "0/1"),
+])
+def test_generate_bad_attention_mask(model, am, msg):
+    with pytest.raises(ValueError, match=f"attention_mask.*{msg}|{msg}"):
+        G.generate(model, torch.zeros(2, 3, dtype=torch.long), 2, attention_mask=am)
+
+
+def test_generate_out_of_vocab_prompt(model):
+    with pytest.raises(ValueError, match="idx must hold ids in \\[0, 97\\)"):
+        G.generate(model, torch.tensor([[1, 97]]), 2)
+
+
+def test_decoder_bad_args(model):
+    with pytest.raises(ValueError, match="batch_size"):
+        G.Decoder(model, 0, 10)
+    dec = G.Decoder(model, 2, 10)
+    with pytest.raises(ValueError, match="idx"):
+        dec.prefill(torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="idx"):
+        dec.prefill(torch.zeros(2, 11, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        dec.generate(torch.zeros(2, 4, dtype=torch.long), 0)
+    dec.prefill(torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_len"):
+        dec.decode(7)  # 4 cached + 7 > 10
+    assert dec.decode(6).shape == (2, 6)
+
+
 def test_generate_type_errors(model):
     with pytest.raises(TypeError, match="model"):
         G.generate(torch.nn.Linear(2, 2), torch.zeros(1, 2, dtype=torch.long), 2)
@@ -196,5 +314,12 @@ def test_decode_floor():
         G.decode_floor_ms(-1, 1e9)
 
 
-def test_weight_bytes(model):
-    assert G.weight_bytes(model) == 4 * model.num_params()
+def test_weight_bytes():
+    lin = torch.nn.Linear(3, 5)  # 15 weights + 5 biases
+    assert G.weight_bytes(lin) == 80
+    assert G.weight_bytes(lin.to(torch.bfloat16)) == 40
+    tied = torch.nn.Sequential(torch.nn.Embedding(7, 2), torch.nn.Linear(2, 7, bias=False))
+    tied[1].weight = tied[0].weight  # one (7, 2) tensor under two names: counted once
+    assert G.weight_bytes(tied) == 7 * 2 * 4
+    with pytest.raises(TypeError, match="model"):
+        G.weight_bytes("gpt2")

@@ -65,15 +65,22 @@ def test_math_and_sdpa_agree():
 
 
 def test_loss_ignores_minus_100_and_is_log_vocab_at_init():
+    """The loss with the second half of the targets set to -100 equals the loss of the first half
+    alone (a causal model's first 8 logits do not see the rest), and is near log V at init."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny"))
+    model = GPT(GPTConfig.preset("tiny")).eval()
     idx = torch.randint(0, 4096, (2, 16))
     nxt = torch.randint(0, 4096, (2, 16))  # random targets (with tied weights, idx itself scores high)
     tgt = nxt.clone()
     tgt[:, 8:] = -100
-    logits, loss = model(idx, tgt)
-    ref = torch.nn.functional.cross_entropy(logits[:, :8].reshape(-1, 4096), nxt[:, :8].reshape(-1))
-    torch.testing.assert_close(loss, ref)
+    with torch.no_grad():
+        logits, loss = model(idx, tgt)
+        _, first_half = model(idx[:, :8], nxt[:, :8])
+        # an NLL in float64 from the logits, by hand: logsumexp minus the target's logit
+        z = logits[:, :8].double()
+        nll = (torch.logsumexp(z, -1) - z.gather(-1, nxt[:, :8, None]).squeeze(-1)).mean()
+    torch.testing.assert_close(loss, first_half, atol=1e-5, rtol=1e-5)
+    assert abs(loss.item() - nll.item()) < 1e-5
     assert abs(loss.item() - torch.log(torch.tensor(4096.0)).item()) < 0.2  # near-uniform at init
 
 
@@ -84,10 +91,52 @@ def test_loss_ignores_minus_100_and_is_log_vocab_at_init():
     (dict(block_size=2.5), "block_size"),
     (dict(attn_impl="flash3"), "attn_impl"),
     (dict(dropout=1.0), "dropout"),
+    (dict(layer_norm_eps=-1), "layer_norm_eps"),
+    (dict(layer_norm_eps=0.0), "layer_norm_eps"),
+    (dict(layer_norm_eps=float("nan")), "layer_norm_eps"),
+    (dict(bias="yes"), "bias"),
+    (dict(n_head=True), "n_head"),
 ])
 def test_bad_config_names_the_field(kw, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises((ValueError, TypeError), match=field):
         GPTConfig(**kw)
+
+
+def test_negative_layer_norm_eps_used_to_give_nan_logits():
+    """Why layer_norm_eps is checked: with eps = -1 a LayerNorm of a constant row is sqrt(-1)."""
+    ln = torch.nn.LayerNorm(4, eps=-1.0)
+    assert torch.isnan(ln(torch.ones(1, 4))).all()
+
+
+@pytest.mark.parametrize("call, exc, name", [
+    (lambda m: m(torch.tensor([[1, 4096]])), ValueError, "idx"),
+    (lambda m: m(torch.tensor([[-1, 2]])), ValueError, "idx"),
+    (lambda m: m(torch.tensor([[1.0, 2.0]])), TypeError, "idx"),
+    (lambda m: m(torch.tensor([[True, False]])), TypeError, "idx"),
+    (lambda m: m(torch.tensor([[1, 2]]), position_ids=torch.tensor([127, 128])), ValueError, "position_ids"),
+    (lambda m: m(torch.tensor([[1, 2]]), position_ids=torch.tensor([-1, 0])), ValueError, "position_ids"),
+    (lambda m: m(torch.tensor([[1, 2]]), position_ids=torch.tensor([0.0, 1.0])), TypeError, "position_ids"),
+    (lambda m: m(torch.tensor([[1, 2]]), torch.tensor([[1, 4096]])), ValueError, "targets"),
+    (lambda m: m(torch.tensor([[1, 2]]), torch.tensor([[1.0, 2.0]])), TypeError, "targets"),
+])
+def test_bad_ids_raise_clear_errors(call, exc, name):
+    model = GPT(GPTConfig.preset("tiny")).eval()
+    with pytest.raises(exc, match=name), torch.no_grad():
+        call(model)
+
+
+@pytest.mark.parametrize("cache_cls", ["KVCache", "StaticKVCache"])
+def test_kv_cache_of_the_wrong_batch_size(cache_cls):
+    from bmlib.models import gpt
+
+    cfg = GPTConfig.preset("tiny")
+    model = GPT(cfg).eval()
+    kv = getattr(gpt, cache_cls)(cfg, batch_size=3, max_len=16)
+    with pytest.raises(ValueError, match="kv_cache was built for batch_size 3"), torch.no_grad():
+        model(torch.zeros(2, 4, dtype=torch.long), kv_cache=kv)
+    assert kv.pos == 0  # nothing was written
+    with pytest.raises(ValueError, match="batch_size"):
+        getattr(gpt, cache_cls)(cfg, batch_size=0)
 
 
 def test_unknown_preset_and_bad_inputs():

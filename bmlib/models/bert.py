@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import IMPLS, attention
-from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
+from .config import (PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints,
+                     check_positive_numbers, check_ids)
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,7 @@ class BertConfig(PresetConfig):
                      "intermediate_size", "num_labels"))
         check_heads(self)
         check_fractions(self)
-        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
-            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        check_positive_numbers(self, ("layer_norm_eps",))
         if not (isinstance(self.pad_token_id, int) and 0 <= self.pad_token_id < self.vocab_size):
             raise ValueError(f"pad_token_id must lie in [0, vocab_size={self.vocab_size}), "
                              f"got {self.pad_token_id!r}")
@@ -187,14 +187,17 @@ class BertModel(nn.Module):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError("input_ids must be a (B, T) tensor of token ids, got "
                              f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+        check_ids(input_ids, "input_ids", cfg.vocab_size)
         B, T = input_ids.shape
         if T > cfg.block_size:
             raise ValueError(f"input_ids has sequence length {T} > block_size {cfg.block_size}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        elif token_type_ids.shape != input_ids.shape:
-            raise ValueError(f"token_type_ids must have the shape of input_ids {(B, T)}, "
-                             f"got {tuple(token_type_ids.shape)}")
+        elif not isinstance(token_type_ids, torch.Tensor) or token_type_ids.shape != input_ids.shape:
+            raise ValueError(f"token_type_ids must have the shape of input_ids {(B, T)}, got "
+                             f"{tuple(getattr(token_type_ids, 'shape', ())) or type(token_type_ids).__name__}")
+        else:
+            check_ids(token_type_ids, "token_type_ids", cfg.type_vocab_size)
         mask = None
         if attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (B, T):
@@ -282,6 +285,7 @@ class BERT(nn.Module):
         loss = None
         if labels is not None:
             _check_labels(labels, input_ids.shape)
+            check_ids(labels, "labels", self.config.vocab_size, ignore=-100)
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1),
                                    ignore_index=-100)
         return logits, loss
@@ -323,6 +327,7 @@ class BertClassifier(nn.Module):
             if self.config.num_labels == 1:
                 loss = F.mse_loss(logits.float().squeeze(-1), labels.float())
             else:
+                check_ids(labels, "labels", self.config.num_labels)
                 loss = F.cross_entropy(logits.float(), labels)
         return logits, loss
 

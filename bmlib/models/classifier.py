@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import check_ids
+
 
 class TextClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, pad_id: int,
@@ -32,6 +34,8 @@ class TextClassifier(nn.Module):
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
             raise ValueError(f"ids must be a (B, T) tensor of token ids, got "
                              f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+        vocab = getattr(getattr(self.encoder, "config", None), "vocab_size", None)
+        check_ids(ids, "ids", vocab if isinstance(vocab, int) else 2 ** 62)
         mask = (ids != self.pad_id).long()  # (B, T)
         out = self.encoder(input_ids=ids, attention_mask=mask)
         h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out  # (B, T, C)
@@ -40,8 +44,10 @@ class TextClassifier(nn.Module):
         logits = self.head(self.dropout(pooled))
         loss = None
         if labels is not None:
-            if labels.shape != (ids.shape[0],):
-                raise ValueError(f"labels must have shape ({ids.shape[0]},), got {tuple(labels.shape)}")
+            if not isinstance(labels, torch.Tensor) or labels.shape != (ids.shape[0],):
+                raise ValueError(f"labels must have shape ({ids.shape[0]},), got "
+                                 f"{tuple(getattr(labels, 'shape', ())) or type(labels).__name__}")
+            check_ids(labels, "labels", self.head.out_features)
             loss = F.cross_entropy(logits.float(), labels)
         return logits, loss
 

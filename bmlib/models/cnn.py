@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import PresetConfig, check_fractions, check_positive_ints
+from .config import PresetConfig, check_fractions, check_ids, check_positive_ints
 
 
 @dataclass(frozen=True)
@@ -78,5 +78,6 @@ class SmallCNN(nn.Module):
         if y is not None:
             if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
                 raise ValueError(f"y must be a tensor of class ids with shape ({x.shape[0]},)")
+            check_ids(y, "y", c.n_classes)
             loss = F.cross_entropy(logits, y)
         return logits, loss

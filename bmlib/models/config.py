@@ -3,9 +3,19 @@
 Each model family keeps its own frozen dataclass (``GPTConfig``, ``BertConfig``, ...) and its
 ``PRESETS`` dict in its own file; this module only holds the checks so that a bad value gets the
 same clear ``ValueError`` naming the field, whichever model it is given to.
+
+Every subclass of :class:`PresetConfig` gets :func:`check_types` run before its own
+``__post_init__``: a field annotated ``int``, ``float``, ``bool``, ``str`` or ``tuple`` that holds
+another type raises ``TypeError`` naming the field (``bool`` is not accepted as an ``int``; an
+``int`` is accepted as a ``float``; a ``float`` must be finite). The model files then check ranges.
+
+:func:`check_ids` is the one check of token-id tensors that the models' ``forward`` use.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import sys
 from dataclasses import asdict, replace
 
@@ -37,6 +47,56 @@ def check_fractions(cfg, names=("dropout",)) -> None:
             raise ValueError(f"{name} must lie in [0, 1), got {v!r}")
 
 
+def check_positive_numbers(cfg, names) -> None:
+    """Each named field (an epsilon, a multiplier) must be a finite number > 0."""
+    for name in names:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "tuple": (tuple,)}
+
+
+def check_types(cfg) -> None:
+    """Every field annotated ``int``/``float``/``bool``/``str``/``tuple`` must hold that type."""
+    for f in dataclasses.fields(cfg):
+        want = _TYPES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        if want is None:
+            continue
+        v = getattr(cfg, f.name)
+        ok = isinstance(v, want) and (f.type == "bool" or not isinstance(v, bool))
+        if not ok:
+            raise TypeError(f"{f.name} must be of type {f.type}, got {type(v).__name__} {v!r}")
+        if f.type == "float" and not math.isfinite(v):
+            raise ValueError(f"{f.name} must be a finite number, got {v!r}")
+
+
+def check_ids(t, name: str, high: int, *, low: int = 0, ignore: int | None = None,
+              values: bool = True) -> None:
+    """``t`` must be an integer tensor with values in ``[low, high)`` (or equal to ``ignore``,
+    e.g. ``-100`` for targets). ``values=False`` checks only the type: reading the values is one
+    host synchronisation, which a CUDA-graph capture or ``torch.compile`` cannot take, so the
+    value check is also skipped while either is running."""
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer ids, got {type(t).__name__}")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{name} must hold integer ids (torch.long), got dtype {t.dtype}")
+    if not values or t.numel() == 0 or torch.compiler.is_compiling():
+        return
+    if t.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    bad = (t < low) | (t >= high)
+    if ignore is not None:
+        bad &= t != ignore
+    if bool(bad.any()):
+        first = t[bad][:5].tolist()
+        also = f" (or {ignore})" if ignore is not None else ""
+        raise ValueError(f"{name} must hold ids in [{low}, {high}){also}, got {first}")
+
+
 def check_choice(cfg, name: str, options) -> None:
     v = getattr(cfg, name)
     if v not in options:
@@ -45,7 +105,20 @@ def check_choice(cfg, name: str, options) -> None:
 
 class PresetConfig:
     """Mixin for frozen config dataclasses: ``Config.preset(name, **overrides)`` reads the
-    ``PRESETS`` dict of the module that defines the config; ``to_dict()`` for logging/saving."""
+    ``PRESETS`` dict of the module that defines the config; ``to_dict()`` for logging/saving.
+    A subclass's ``__post_init__`` runs after :func:`check_types`."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+
+        @functools.wraps(own or (lambda self: None))
+        def __post_init__(self):
+            check_types(self)
+            if own is not None:
+                own(self)
+
+        cls.__post_init__ = __post_init__
 
     @classmethod
     def preset(cls, name: str, **overrides):

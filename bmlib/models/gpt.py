@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from .. import flops
 from ..attention import IMPLS, attention
-from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
+from .config import (PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints,
+                     check_positive_numbers, check_ids)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class GPTConfig(PresetConfig):
         check_positive_ints(self, ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
         check_heads(self)
         check_fractions(self)
+        check_positive_numbers(self, ("layer_norm_eps",))
         check_choice(self, "attn_impl", IMPLS)
 
     @property
@@ -157,7 +159,8 @@ class GPT(nn.Module):
                                     self.num_params(non_embedding=True))  # + lm_head matmul
         return flops.transformer_flops_per_token(N, cfg.n_layer, T, cfg.n_embd, training=training)
 
-    def forward(self, idx, targets=None, *, kv_cache=None, mask=None, position_ids=None):
+    def forward(self, idx, targets=None, *, kv_cache=None, mask=None, position_ids=None,
+                validate: bool = True):
         """``idx`` (B, T) token ids -> ``(logits (B, T, V), loss or None)``.
 
         ``targets`` (B, T) gives the mean next-token cross-entropy (``-100`` is ignored).
@@ -165,11 +168,22 @@ class GPT(nn.Module):
         ``position_ids``: optional (B, T) or (T,) positions (default ``cache.pos + arange(T)``);
         left-padded batches pass each row's own positions. When given, the cache's ``pos`` is not
         read, so a step with a :class:`StaticKVCache` never synchronises (CUDA-graph friendly).
+
+        Token ids must lie in ``[0, vocab_size)``, positions in ``[0, block_size)``, targets in
+        ``[0, vocab_size)`` or ``-100``, and a KV cache must hold ``B`` rows: a clear
+        ``ValueError``/``TypeError`` otherwise. Checking the values reads them (one host sync per
+        tensor on a GPU); ``validate=False`` checks only shapes and dtypes, for a decode loop
+        whose ids come from the model itself (:class:`bmlib.generate.Decoder`). The value checks
+        are skipped while a CUDA graph is captured or ``torch.compile`` traces.
         """
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             raise ValueError(f"idx must be a (B, T) tensor of token ids, got "
                              f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+        check_ids(idx, "idx", self.config.vocab_size, values=validate)
         B, T = idx.shape
+        cache_b = getattr(kv_cache, "batch_size", None)
+        if cache_b is not None and cache_b != B:
+            raise ValueError(f"kv_cache was built for batch_size {cache_b}, but idx has batch size {B}")
         if position_ids is None:
             start = kv_cache.pos if kv_cache is not None else 0
             if start + T > self.config.block_size:
@@ -181,7 +195,8 @@ class GPT(nn.Module):
                                  f"{tuple(getattr(position_ids, 'shape', ())) or type(position_ids).__name__}")
             if T > self.config.block_size:
                 raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-            pos = position_ids  # (B, T) or (T,); values must lie in [0, block_size)
+            check_ids(position_ids, "position_ids", self.config.block_size, values=validate)
+            pos = position_ids  # (B, T) or (T,); values lie in [0, block_size)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache, i, mask)
@@ -191,9 +206,10 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, "
-                                 f"got {tuple(targets.shape)}")
+            if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
+                raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got "
+                                 f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
+            check_ids(targets, "targets", self.config.vocab_size, ignore=-100, values=validate)
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
                                    ignore_index=-100)
         return logits, loss
@@ -209,14 +225,17 @@ class KVCache:
     def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int | None = None,
                  device=None, dtype=torch.float32):
         max_len = cfg.block_size if max_len is None else max_len
-        if not (1 <= max_len <= cfg.block_size):
-            raise ValueError(f"max_len must lie in [1, block_size={cfg.block_size}], got {max_len}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(cfg, GPTConfig):
+            raise TypeError(f"cfg must be a GPTConfig, got {type(cfg).__name__}")
+        if isinstance(max_len, bool) or not (isinstance(max_len, int) and 1 <= max_len <= cfg.block_size):
+            raise ValueError(f"max_len must be an int in [1, block_size={cfg.block_size}], got {max_len!r}")
+        if isinstance(batch_size, bool) or not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         shape = (cfg.n_layer, batch_size, cfg.n_head, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
+        self.batch_size = batch_size
         self.pos = 0
 
     def update(self, layer: int, k, v):
@@ -258,6 +277,7 @@ class StaticKVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
+        self.batch_size = batch_size
         self.pos_t = torch.zeros((), dtype=torch.long, device=device)
         self._j = torch.arange(max_len, device=device)  # (max_len,)
 

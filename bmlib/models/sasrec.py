@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import IMPLS, attention
-from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
+from .config import (PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints,
+                     check_positive_numbers)
 
 LOSSES = ("ce", "bce")
 
@@ -46,6 +47,7 @@ class SASRecConfig(PresetConfig):
         check_positive_ints(self, ("n_items", "max_len", "n_layer", "n_head", "n_embd"))
         check_heads(self)
         check_fractions(self)
+        check_positive_numbers(self, ("layer_norm_eps",))
         check_choice(self, "loss", LOSSES)
         check_choice(self, "attn_impl", IMPLS)
 

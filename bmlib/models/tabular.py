@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import IMPLS, attention
-from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
+from .config import (PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints,
+                     check_positive_numbers)
 
 TASKS = ("classification", "regression")
 
@@ -47,8 +48,7 @@ class TabularConfig(PresetConfig):
         if self.task == "classification" and self.n_outputs < 2:
             raise ValueError(f"n_outputs must be >= 2 classes for classification, got {self.n_outputs}")
         check_heads(self, "d_token")
-        if not (isinstance(self.ffn_mult, (int, float)) and self.ffn_mult > 0):
-            raise ValueError(f"ffn_mult must be > 0, got {self.ffn_mult!r}")
+        check_positive_numbers(self, ("ffn_mult", "layer_norm_eps"))
         check_fractions(self, ("dropout", "attn_dropout"))
         check_choice(self, "attn_impl", IMPLS)
 

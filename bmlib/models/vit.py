@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import IMPLS, attention
-from .config import PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints
+from .config import (PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints,
+                     check_ids, check_positive_numbers)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ViTConfig(PresetConfig):
             raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
         check_heads(self)
         check_fractions(self)
+        check_positive_numbers(self, ("layer_norm_eps",))
         check_choice(self, "attn_impl", IMPLS)
 
     @property
@@ -202,6 +204,7 @@ class ViT(nn.Module):
             if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
                 raise ValueError(f"y must be a tensor of class ids with shape ({x.shape[0]},), got "
                                  f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
+            check_ids(y, "y", self.cfg.n_classes)
             loss = F.cross_entropy(logits, y)
         return logits, loss
 
