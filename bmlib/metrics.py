@@ -282,7 +282,11 @@ def expected_calibration_error(y_true, y_prob, n_bins: int = 10) -> float:
 
 # ----------------------------------------------------------------------------- language
 def perplexity(mean_nll) -> float:
-    """exp(mean negative log-likelihood per token, in nats), e.g. of a cross-entropy loss."""
+    """exp(mean negative log-likelihood per token, in nats), e.g. of a cross-entropy loss.
+
+    Above ``log(max float) ~ 709.78`` nats the perplexity exceeds the float range and is returned
+    as ``inf`` (the IEEE result of the overflow), not an ``OverflowError``.
+    """
     if hasattr(mean_nll, "detach"):
         if mean_nll.numel() != 1:
             raise ValueError(f"mean_nll must be a scalar, got shape {tuple(mean_nll.shape)}")
@@ -296,7 +300,10 @@ def perplexity(mean_nll) -> float:
     mean_nll = float(mean_nll)
     if not math.isfinite(mean_nll) or mean_nll < 0:
         raise ValueError(f"mean_nll must be a finite, non-negative NLL in nats, got {mean_nll!r}")
-    return math.exp(mean_nll)
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:  # mean_nll > log(sys.float_info.max): the true value is beyond float
+        return math.inf
 
 
 _13A = [
