@@ -4,6 +4,7 @@ They catch, in seconds, mistakes that otherwise show only in the rendered book: 
 to a paragraph (MyST then prints the ``$$`` and the TeX as text), notebooks committed with errors,
 or outputs that did not come from one top-to-bottom run.
 """
+import re
 from pathlib import Path
 
 import nbformat
@@ -79,3 +80,99 @@ def test_committed_outputs_come_from_one_clean_run(path):
     assert not errors, f"{path.name}: committed error outputs in code cells {errors}"
     first = "".join(o.get("text", "") for c in code[:2] for o in c.outputs if o.output_type == "stream")
     assert "scale" in first and "torch" in first, f"{path.name}: the first cells print no provenance"
+
+
+# ============================================================================ page hygiene (issue #12)
+# Their own patterns, not the runner's: a progress bar as a terminal leaves it, a path of the
+# machine that ran the notebook, a NumPy scalar repr.
+_FROZEN_BAR = re.compile(r"\d+%\|[^\n]*\||\d+/\d+ \[\d+:\d+")
+_ABS_PATH = re.compile(r"(?<![\w.])(/work/|/home/[\w.-]+/|/Users/|/root/|/tmp/|/private/var/|"
+                       r"[A-Z]:\\\\Users|site-packages/|\.venv/)")
+_NP_REPR = re.compile(r"\bnp\.(float|int|uint|bool_?|complex)\d*\(")
+FOLD_TAGS = {"hide-output", "hide-cell", "remove-output", "remove-cell", "output_scroll"}
+LONG_LISTING_LINES = 25
+
+
+def _output_texts(cell) -> list[str]:
+    texts = []
+    for o in cell.get("outputs", []):
+        if o.get("output_type") == "stream":
+            texts.append(o.get("text", ""))
+        elif o.get("output_type") in ("execute_result", "display_data"):
+            for mime in ("text/plain", "text/html", "text/markdown"):
+                if mime in o.get("data", {}):
+                    v = o["data"][mime]
+                    texts.append("".join(v) if isinstance(v, list) else v)
+        elif o.get("output_type") == "error":
+            texts.append("\n".join(o.get("traceback", [])))
+    return ["".join(t) if isinstance(t, list) else t for t in texts]
+
+
+def page_problems(nb) -> list[str]:
+    """Frozen progress bars, machine paths, ``np.float64(...)`` reprs and unfolded long source
+    listings in a notebook's committed outputs."""
+    bad = []
+    for k, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for text in _output_texts(cell):
+            for pat, what in ((_FROZEN_BAR, "a frozen progress bar"), (_ABS_PATH, "an absolute path"),
+                              (_NP_REPR, "a NumPy scalar repr")):
+                m = pat.search(text)
+                if m:
+                    line = text[:m.end()].rsplit("\n", 1)[-1][-60:] + text[m.end():].split("\n", 1)[0][:40]
+                    bad.append(f"cell {k}: {what}: {line.strip()!r}")
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if "getsource" in cell.source and not tags & FOLD_TAGS:
+            n = sum(t.count("\n") for t in _output_texts(cell))
+            if n > LONG_LISTING_LINES:
+                bad.append(f"cell {k}: a {n}-line source listing without a 'hide-output' tag")
+    return bad
+
+
+def _nb(cells):
+    nb = nbformat.v4.new_notebook()
+    for src, outs, tags in cells:
+        c = nbformat.v4.new_code_cell(src)
+        c.outputs = outs
+        if tags:
+            c.metadata["tags"] = tags
+        nb.cells.append(c)
+    return nb
+
+
+def _stream(text, name="stdout"):
+    return nbformat.v4.new_output("stream", name=name, text=text)
+
+
+def _result(text):
+    return nbformat.v4.new_output("execute_result", data={"text/plain": text}, execution_count=1)
+
+
+@pytest.mark.parametrize("outs, src, tags, what", [
+    ([_stream("Loading weights: 100%|██████████| 101/101 [00:00<00:00, 812.41it/s]\n", "stderr")],
+     "m = load()", None, "progress bar"),
+    ([_stream("train:  40%|████      | 4/10 [00:01<00:02]", "stderr")], "train()", None, "progress bar"),
+    ([_stream("saved to /work/main/artifacts/x.pt\n")], "save()", None, "absolute path"),
+    ([_stream("/usr/lib/python3/site-packages/torch/nn.py:12: UserWarning: x\n", "stderr")], "f()", None,
+     "absolute path"),
+    ([_result("{'acc': np.float64(0.91)}")], "d", None, "NumPy scalar"),
+    ([_stream("def f():\n" + "    x = 1\n" * 40)], "print(inspect.getsource(f))", None, "source listing"),
+])
+def test_page_problems_are_found(outs, src, tags, what):
+    bad = page_problems(_nb([(src, outs, tags)]))
+    assert len(bad) == 1 and what in bad[0], bad
+
+
+def test_clean_pages_pass():
+    nb = _nb([("print(acc)", [_stream("accuracy 0.91 (50% of 1/2 the data) at 3/4 [batch]\n")], None),
+              ("float(x)", [_result("0.91")], None),
+              ("print(inspect.getsource(f))", [_stream("def f():\n" + "    x = 1\n" * 40)], ["hide-output"]),
+              ("print(inspect.getsource(g))", [_stream("def g():\n    return 1\n")], None)])
+    assert page_problems(nb) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_pages_are_clean(path):
+    bad = page_problems(nbformat.read(path, as_version=4))
+    assert not bad, f"{path.name}:\n  " + "\n  ".join(bad)
