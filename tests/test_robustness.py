@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
-torch = pytest.importorskip("torch")
+from bmlib import compress, metrics, train
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -413,7 +413,6 @@ def test_minilm_verify_paths(tmp_path):
 
 # ============================================================================ later modules
 def test_metrics_inputs():
-    metrics = pytest.importorskip("bmlib.metrics")
     stats = Counter()
     labels = st.lists(st.integers(0, 1), min_size=1, max_size=6)
     vectors = st.one_of(labels, st.lists(st.floats(allow_nan=True), max_size=6),
@@ -437,7 +436,6 @@ def test_metrics_inputs():
 
 
 def test_compress_inputs():
-    compress = pytest.importorskip("bmlib.compress")
     stats = Counter()
     shapes = st.one_of(st.tuples(st.integers(1, 6), st.integers(1, 16)),
                        st.tuples(st.integers(1, 4)), st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)))
@@ -490,7 +488,6 @@ def train_fields(draw):
 
 
 def test_trainconfig_fields():
-    train = pytest.importorskip("bmlib.train")
     stats = Counter()
 
     @SETTINGS
