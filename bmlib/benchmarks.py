@@ -253,27 +253,28 @@ def decode_case(preset: str, batch_size: int, prompt_len: int, new_tokens: int, 
 
 def train_rows(cfg: dict, device, gemm_rows: list[dict] | None = None) -> list[dict]:
     """One GPT training step (forward, backward, clip, AdamW) of ``cfg["preset"]`` timed by
-    :func:`bmlib.train.measure_train_step`. On a CPU its MFU is replaced by the step's FLOP/s over
-    the best ``cfg["dtype"]`` GEMM in ``gemm_rows`` (labelled "measured peak"), or left out."""
+    :func:`bmlib.train.measure_train_step`. MFU is against the GPU's datasheet peak; on a CPU
+    against the best ``cfg["dtype"]`` GEMM in ``gemm_rows`` (labelled "measured peak"), or none."""
     import torch
 
     from .models.gpt import GPT, GPTConfig
     from .train import measure_train_step
 
     dev = torch.device(device)
+    if dev.type == "cuda":
+        peak, label = "auto", hw.current().label
+    else:
+        ref = best([g for g in (gemm_rows or []) if g.get("bench") == "gemm"], "tflops", dtype=cfg["dtype"])
+        peak = ref["tflops"] * 1e12 if ref else None
+        label = (f"measured peak: best {cfg['dtype']} GEMM in this run ({ref['tflops']:.3g} TFLOP/s)"
+                 if ref else "none (no GEMM measured in this run)")
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset(cfg["preset"]))
     r = measure_train_step(model, batch_size=cfg["batch_size"], seq_len=cfg["seq_len"], dtype=cfg["dtype"],
                            device=dev, warmup_s=cfg.get("warmup_s", 0.5), budget_s=cfg.get("budget_s", 1.0),
-                           min_reps=3, max_reps=50)
-    row = {"bench": "train", "impl": "bmlib.train", "status": "ok", **cfg, **r, "median_ms": r["step_ms"]}
-    if dev.type == "cuda":
-        row["peak"] = hw.current().label
-    else:
-        ref = best([g for g in (gemm_rows or []) if g.get("bench") == "gemm"], "tflops", dtype=cfg["dtype"])
-        row["mfu"] = r["tflops"] / ref["tflops"] if ref else None
-        row["peak"] = (f"measured peak: best {cfg['dtype']} GEMM in this run ({ref['tflops']:.3g} TFLOP/s)"
-                       if ref else "none (no GEMM measured in this run)")
+                           min_reps=3, max_reps=50, peak_flops=peak)
+    row = {"bench": "train", "impl": "bmlib.train", "status": "ok", **cfg, **r, "median_ms": r["step_ms"],
+           "peak": label}
     return [row]
 
 
@@ -299,7 +300,7 @@ def measured_peaks(device=None, *, dtype: str = "fp32", sizes=(256, 512), mem_mb
     from .env import device_name
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    kw = dict(warmup_s=0.02, budget_s=0.2, min_reps=3, max_reps=50, **measure_kw)
+    kw = {**dict(warmup_s=0.02, budget_s=0.2, min_reps=3, max_reps=50), **measure_kw}
     prov = {"device": name or device_name()}
     g = run_sweep(gemm_sweep([(s, s, s) for s in sizes], [dtype], device=dev), device=dev, progress=False,
                   prov=prov, **kw)

@@ -58,178 +58,66 @@ def test_measure_not_callable():
         bench.measure(42)
 
 
-def test_timing_per_s():
-    t = bench.Timing((1.0, 2.0, 3.0), "perf_counter")
-    assert t.median_ms == 2.0 and t.per_s(1000) == pytest.approx(500_000)
+# ------------------------------------------------------------------ parity with torch.utils.benchmark
+def test_measure_agrees_with_torch_benchmark_timer(one_thread):
+    """bench.measure's median and torch.utils.benchmark.Timer's on the same CPU matmul agree within
+    a factor of 1.5 (measured here: 0.92-1.04 on a quiet moment, up to 1.4 under load). Both take
+    per-call samples: Timer's ``blocked_autorange`` averages blocks of calls, and on a shared
+    machine a block spans the time the process was descheduled (observed: 4x higher), which a
+    per-call median leaves out. The best of three rounds decides, so one noisy round does not."""
+    import statistics
+
+    from torch.utils.benchmark import Timer
+
+    x = torch.randn(256, 256)
+    timer = Timer("x @ x", globals={"x": x}, num_threads=1)
+    ratios = []
+    for _ in range(3):
+        ours = bench.measure(lambda: x @ x, device="cpu", warmup_s=0.02, budget_s=0.1, min_reps=30)
+        timer.timeit(5)  # warm-up
+        theirs_ms = statistics.median(timer.timeit(1).raw_times[0] for _ in range(60)) * 1e3
+        ratios.append(ours.median_ms / theirs_ms)
+    best = min(ratios, key=lambda r: abs(r - 1))
+    assert 1 / 1.5 < best < 1.5, f"bench.measure / torch Timer medians: {ratios}"
 
 
-# ------------------------------------------------------------------ sweeps
-def _fake(kind):
-    def setup(x):
-        if x == 2:
-            if kind == "cuda-oom":
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
-            if kind == "runtime-oom":
-                raise RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: out of memory")
-            if kind == "skip":
-                raise bench.Skip("backend cannot run this shape")
-            if kind == "error":
-                raise ZeroDivisionError("boom")
-        return bench.Case(lambda: sum(range(100)), flops=1e3 * x, bytes=10.0 * x)
-    return setup
-
-
-@pytest.mark.parametrize("kind,status,reason", [
-    ("cuda-oom", "skipped", "out of memory"), ("runtime-oom", "skipped", "out of memory"),
-    ("skip", "skipped", "backend cannot run"), ("error", "error", "ZeroDivisionError"),
-])
-def test_sweep_records_failures_and_continues(kind, status, reason):
-    sw = bench.Sweep("fake", {"x": [1, 2, 3]}, _fake(kind))
-    rows = bench.run_sweep(sw, device="cpu", progress=False, prov={"device": "test"},
-                           warmup_s=0.0, budget_s=0.0, min_reps=2, max_reps=2)
-    assert [r["x"] for r in rows] == [1, 2, 3]
-    assert [r["status"] for r in rows] == ["ok", status, "ok"]
-    assert reason in rows[1]["reason"] and "median_ms" not in rows[1]
-    assert rows[0]["flops"] == 1e3 and rows[2]["tflops"] > 0 and rows[2]["intensity"] == 100.0
-    assert all(r["device"] == "test" for r in rows)
-
-
-def test_oom_raised_inside_timed_call_is_recorded():
-    def setup(x):
-        def fn():
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return bench.Case(fn)
-    row = bench.run_case("fake", {"x": 1}, setup, device="cpu", warmup_s=0.0)
-    assert row["status"] == "skipped" and row["reason"] == "out of memory"
-
-
-def test_is_oom():
-    assert bench.is_oom(torch.cuda.OutOfMemoryError("x"))
-    assert bench.is_oom(RuntimeError("CUDA out of memory. Tried to allocate"))
-    assert bench.is_oom(MemoryError())
-    assert not bench.is_oom(RuntimeError("shape mismatch"))
-
-
-def test_sweep_cases_are_the_product():
-    sw = bench.Sweep("s", {"a": [1, 2], "b": ["x", "y", "z"]}, _fake("none"))
-    assert len(sw) == 6 and sw.cases()[0] == {"a": 1, "b": "x"} and sw.cases()[-1] == {"a": 2, "b": "z"}
-
-
-@pytest.mark.parametrize("kw,exc,name", [
-    (dict(name="", axes={"a": [1]}, setup=lambda a: None), ValueError, "name"),
-    (dict(name="s", axes={}, setup=lambda: None), ValueError, "axes"),
-    (dict(name="s", axes={"a": []}, setup=lambda a: None), ValueError, "axes"),
-    (dict(name="s", axes={"a": [1]}, setup=3), TypeError, "setup"),
-])
-def test_sweep_validation(kw, exc, name):
-    with pytest.raises(exc, match=name):
-        bench.Sweep(**kw)
-
-
-def test_case_validation():
-    with pytest.raises(TypeError, match="fn"):
-        bench.Case(3)
-    with pytest.raises(ValueError, match="flops"):
-        bench.Case(lambda: None, flops=-1)
-
-
-def test_save_rows_json_and_csv(tmp_path):
-    rows = [{"bench": "g", "shape": [2, 2, 2], "tflops": 1.5, "status": "ok"},
-            {"bench": "g", "shape": [4, 4, 4], "status": "skipped", "reason": "out of memory"}]
-    jp, cp = bench.save_rows(rows, tmp_path / "bench-cpu")
-    assert json.loads(jp.read_text()) == rows
-    lines = cp.read_text().splitlines()
-    assert lines[0] == "bench,shape,tflops,status,reason" and len(lines) == 3
-    with pytest.raises(ValueError, match="rows"):
-        bench.save_rows("nope", tmp_path / "x")
-
-
-@pytest.mark.parametrize("name,expected", [
-    ("NVIDIA H100 80GB HBM3", "h100-sxm"), ("NVIDIA H100 PCIe", "h100-pcie"), ("NVIDIA H200", "h200"),
-    ("CPU (AMD EPYC, 2 cores)", "cpu"), ("NVIDIA GeForce RTX 4090", "geforce-rtx-4090"),
-])
-def test_slug(name, expected):
-    assert bench.slug(name) == expected
-
-
-def test_best_and_headline_figures():
-    rows = [
-        {"bench": "gemm", "dtype": "bf16", "status": "ok", "tflops": 700.0},
-        {"bench": "gemm", "dtype": "bf16", "status": "ok", "tflops": 780.0},
-        {"bench": "gemm", "dtype": "bf16", "status": "skipped"},
-        {"bench": "memory", "kernel": "copy", "status": "ok", "tbps": 2.98},
-    ]
-    for impl, t in (("sdpa-flash", 300.0), ("sdpa-cudnn", 600.0), ("auto", 570.0)):
-        rows.append({"bench": "attention", "impl": impl, "seq": 4096, "head_dim": 128, "causal": True,
-                     "backward": False, "status": "ok", "tflops": t})
-    figs = bench.headline_figures(rows)
-    assert figs["gemm_bf16_best_tflops"] == 780.0 and figs["hbm_copy_tbps"] == 2.98
-    assert figs["attention_auto_vs_best_backend_min_ratio"] == pytest.approx(0.95)
-    assert "gemm_fp8_best_tflops" not in figs
-
-
-# ------------------------------------------------------------------ kernels (CPU paths)
-def test_gemm_case_flops_and_result():
-    c = bench.gemm_case(8, 16, 32, dtype="fp32", device="cpu")
-    assert c.flops == 2 * 8 * 16 * 32 and c.fn().shape == (8, 16)
-    with pytest.raises(bench.Skip, match="fp8"):
-        bench.gemm_case(16, 16, 16, dtype="fp8", device="cpu")
-    with pytest.raises(ValueError, match="dtype"):
-        bench.gemm_case(16, 16, 16, dtype="int3", device="cpu")
-    with pytest.raises(ValueError, match="m must"):
-        bench.gemm_case(0, 16, 16, device="cpu")
-
-
-def test_memory_case_bytes():
-    c = bench.memory_case("copy", 4096, device="cpu")
-    assert c.bytes == 8192
-    assert bench.memory_case("read", 4096, device="cpu").bytes == 4096
-    with pytest.raises(ValueError, match="kernel"):
-        bench.memory_case("scan", 4096)
-    with pytest.raises(ValueError, match="nbytes"):
-        bench.memory_case("copy", 2)
-
-
-def test_attention_flops_convention():
-    f = bench.attention_flops(1, 1, 4, 4, 8, causal=False, backward=False)
-    assert f == 4 * 4 * 4 * 8
-    assert bench.attention_flops(1, 1, 4, 4, 8, causal=True, backward=True) == f / 2 * 3.5
-
-
-def test_attention_case_runs_math_and_sdpa():
-    for impl in ("math", "sdpa"):
-        c = bench.attention_case(impl, 16, 8, True, True, dtype="fp32", device="cpu", tokens=32, model_dim=16)
-        assert c.extra == {"batch": 2, "n_head": 2} and c.fn().shape == (2, 2, 16, 8)
-
-
-def test_roofline():
+# ------------------------------------------------------------------ Timing's statistics vs NumPy
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.0, 1e4, allow_nan=False), min_size=1, max_size=40))
+def test_timing_quantiles_match_numpy(samples):
     import numpy as np
 
-    r = bench.roofline([1.0, 100.0, 1000.0], peak_flops=1e15, mem_bw=3e12)
-    assert np.allclose(r, [3e12, 3e14, 1e15])
-    with pytest.raises(ValueError, match="intensity"):
-        bench.roofline([-1.0], 1e15, 3e12)
-
-
-@settings(max_examples=25, deadline=None)
-@given(st.lists(st.floats(0.001, 1000.0), min_size=1, max_size=30))
-def test_timing_quantiles_ordered(samples):
     t = bench.Timing(tuple(samples), "perf_counter")
-    assert t.min_ms <= t.q1_ms <= t.median_ms <= t.q3_ms <= max(samples)
+    q1, med, q3 = np.quantile(np.array(samples), [0.25, 0.5, 0.75])
+    assert t.q1_ms == pytest.approx(q1, rel=1e-12, abs=1e-12)
+    assert t.median_ms == pytest.approx(med, rel=1e-12, abs=1e-12)
+    assert t.q3_ms == pytest.approx(q3, rel=1e-12, abs=1e-12)
+    assert t.iqr_ms == pytest.approx(q3 - q1, rel=1e-9, abs=1e-9) and t.min_ms == min(samples)
 
 
-def test_cli_writes_bench_cpu_json(tmp_path, capsys):
-    from types import SimpleNamespace
+@pytest.mark.parametrize("samples", [(), [1.0], (1.0, float("nan")), (-1.0,), (True,), (1.0, float("inf"))])
+def test_timing_rejects_bad_samples(samples):
+    with pytest.raises(ValueError, match="samples_ms"):
+        bench.Timing(samples, "perf_counter")
 
-    from bmlib.bench_cli import main
 
-    if torch.cuda.is_available():
-        pytest.skip("CPU-path test")
-    rc = main(SimpleNamespace(what="memory", quick=True, out=str(tmp_path)))
-    assert rc == 0
-    out = capsys.readouterr().out
-    assert "No CUDA GPU" in out and "copy" in out
-    doc = json.loads((tmp_path / "bench-cpu.json").read_text())
-    assert doc["chapter"] == "bench-cpu" and doc["figures"]["hbm_copy_tbps"] > 0
-    assert {r["kernel"] for r in doc["rows"]} == {"copy", "read", "write"}
-    assert (tmp_path / "bench-cpu-rows.csv").exists()
+def test_timing_per_s_at_the_median():
+    t = bench.Timing((1.0, 4.0, 2.0, 100.0, 3.0), "perf_counter")  # median 3 ms, not the mean (22 ms)
+    assert t.per_s(3.0) == pytest.approx(1000.0)
+
+
+def test_bench_imports_nothing_of_the_book():
+    """The timing primitive is the ground floor: no import of another bmlib module."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(bench.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(("." * node.level) + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    book = {m for m in imported if m.startswith(".") or m.split(".")[0] == "bmlib"}
+    assert not book, f"bmlib.bench imports {sorted(book)}"
+    assert imported >= {"time"}  # the parse saw the imports
