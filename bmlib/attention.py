@@ -311,7 +311,9 @@ def apply_rope(x, positions=None, base: float = 10000.0, *, cache=None):
     """Rotate ``x`` of shape ``(..., T, head_dim)`` by RoPE (Su et al., 2021) at ``positions``
     (default ``0..T-1``). Pair ``(x_i, x_{i+d/2})`` turns by the angle ``p · theta_i``, so
     ``<R_m q, R_n k>`` depends only on ``m - n``. ``cache`` is a precomputed
-    :func:`rope_cache` ``(cos, sin)`` for these positions (then ``positions``/``base`` are unused).
+    :func:`rope_cache` ``(cos, sin)`` for these positions (then ``positions``/``base`` are unused);
+    its last two axes must be ``(T, head_dim)`` and any leading axes broadcast against ``x``'s, so
+    per-row positions (a left-padded batch) pass ``(B, 1, T, head_dim)`` tables.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -323,8 +325,8 @@ def apply_rope(x, positions=None, base: float = 10000.0, *, cache=None):
         cos, sin = rope_cache(positions, hs, base, device=x.device, dtype=x.dtype)
     else:
         cos, sin = cache
-    if cos.shape != (T, hs) or sin.shape != (T, hs):
-        raise ValueError(f"positions/cache must give (T, head_dim) = {(T, hs)} angles, "
+    if cos.shape[-2:] != (T, hs) or sin.shape != cos.shape or cos.dim() > x.dim():
+        raise ValueError(f"positions/cache must give (..., T, head_dim) = {(T, hs)} angles, "
                          f"got {tuple(cos.shape)}")
     return x * cos + _rotate_half(x) * sin
 
