@@ -46,3 +46,39 @@ def test_mean_pool_and_embed_errors():
         minilm.mean_pool(h, m[:, :3])
     with pytest.raises(ValueError, match="texts"):
         minilm.embed("not a list", None, None)
+
+
+@pytest.mark.parametrize("n_top", [1, 2, 6])
+def test_top_layers_on_cached_states_equal_the_full_encoder(n_top):
+    """The fast path (cached states of block 6 - k, then the copied top k blocks) computes the same
+    last states as running the whole encoder (the reference path), at every unpadded position."""
+    tok, model = minilm.load_minilm()
+    texts = ["a short one", "a somewhat longer review of a product that I liked a lot, really", "meh"]
+    S, M, P = minilm.encode_states(texts, tok, model, 6 - n_top, max_length=24)
+    last, _, _ = minilm.encode_states(texts, tok, model, 6, max_length=24)
+    assert S.shape == (3, 24, 384) and M.shape == (3, 24) and int(M[2].sum()) < int(M[1].sum())
+    top = minilm.TopLayersClassifier(model, n_top).eval()
+    with torch.no_grad():
+        h = top.states(minilm.pack_states(S, M))
+    assert float(((h - last).abs() * M[..., None]).max()) < 1e-4
+    torch.testing.assert_close(P, minilm.embed(texts, tok, model, max_length=24))
+    # training the copy leaves the frozen encoder untouched
+    w = model.encoder.layer[-1].output.dense.weight.detach().clone()
+    logits, loss = top(minilm.pack_states(S, M), torch.tensor([1, 0, 1]))
+    loss.backward()
+    assert top.blocks[-1].output.dense.weight.grad is not None
+    assert model.encoder.layer[-1].output.dense.weight.grad is None
+    torch.testing.assert_close(model.encoder.layer[-1].output.dense.weight, w)
+    assert logits.shape == (3, 2) and top.predict(minilm.pack_states(S, M)).sum(1).allclose(torch.ones(3))
+
+
+def test_top_layers_bad_inputs():
+    tok, model = minilm.load_minilm()
+    with pytest.raises(ValueError, match="n_top"):
+        minilm.TopLayersClassifier(model, 7)
+    with pytest.raises(ValueError, match="layer"):
+        minilm.encode_states(["x"], tok, model, 9)
+    with pytest.raises(ValueError, match="mask"):
+        minilm.pack_states(torch.zeros(2, 4, 384), torch.ones(2, 5))
+    with pytest.raises(ValueError, match="packed states"):
+        minilm.TopLayersClassifier(model, 1)(torch.zeros(2, 4, 384))
