@@ -120,8 +120,6 @@ def measure(
         min_reps, max_reps: bounds on the number of timed calls.
         flush_l2: on CUDA, overwrite the L2 cache before every timed call (outside the timed region).
     """
-    import torch
-
     if not callable(fn):
         raise ValueError(f"fn must be callable, got {type(fn).__name__}")
     for name, v in (("warmup_s", warmup_s), ("budget_s", budget_s)):
@@ -131,6 +129,7 @@ def measure(
         raise ValueError(f"min_reps must be an int >= 1, got {min_reps!r}")
     if not (isinstance(max_reps, int) and max_reps >= min_reps):
         raise ValueError(f"max_reps must be an int >= min_reps ({min_reps}), got {max_reps!r}")
+    import torch  # after the checks: a bad argument fails without loading torch
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -163,11 +163,11 @@ def lookup(name: str, memory_bytes: int | None = None) -> Peaks:
     if p is not None:
         return p
     if n.startswith("cpu"):
-        raise ValueError(f"no datasheet peak for {name!r}: the table has no CPU entry (a CPU's peak "
+        raise ValueError(f"unknown device name {name!r}: the table has no CPU entry (a CPU's peak "
                          "depends on its model and clock). Measure one in the same run with "
                          "bmlib.benchmarks.measured_peaks(), or report no MFU")
     raise ValueError(
-        f"unknown device {name!r}; known: {sorted({x for p in KNOWN.values() for x in (p.name, *p.names)})}. "
+        f"unknown device name {name!r}; known: {sorted({x for p in KNOWN.values() for x in (p.name, *p.names)})}. "
         "Pass your own numbers with bmlib.hw.custom(name, flops={...}, mem_bw=...)")
 
 
