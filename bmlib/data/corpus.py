@@ -109,6 +109,10 @@ def cpython_corpus() -> str:
 
 def is_val(title: str, val_fraction: float) -> bool:
     """Whether the document called ``title`` belongs to the validation split."""
+    if not isinstance(title, str):
+        raise TypeError(f"title must be a string, got {type(title).__name__}")
+    if isinstance(val_fraction, bool) or not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction <= 1):
+        raise ValueError(f"val_fraction must lie in [0, 1], got {val_fraction!r}")
     h = int.from_bytes(hashlib.sha256(title.encode("utf-8")).digest()[:8], "big")
     return (h % 10_000) < round(val_fraction * 10_000)
 

@@ -23,6 +23,8 @@ LABELS = {"other": 0, "great": 1}
 
 def pack_strings(texts) -> tuple[np.ndarray, np.ndarray]:
     """``(bytes uint8 (total,), offsets int64 (N + 1,))`` for a list of strings."""
+    if isinstance(texts, (str, bytes)) or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
     enc = [t.encode("utf-8") for t in texts]
     offsets = np.zeros(len(enc) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(b) for b in enc])

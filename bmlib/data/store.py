@@ -22,6 +22,8 @@ from ..io import atomic_write
 
 def content_sha256(arrays: dict) -> str:
     """A digest of array names, dtypes, shapes and bytes (independent of the npz container)."""
+    if not isinstance(arrays, dict) or not all(isinstance(k, str) for k in arrays):
+        raise TypeError(f"arrays must be a dict of name -> array, got {type(arrays).__name__}")
     h = hashlib.sha256()
     for k in sorted(arrays):
         a = np.ascontiguousarray(arrays[k])

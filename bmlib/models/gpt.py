@@ -224,9 +224,9 @@ class KVCache:
 
     def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int | None = None,
                  device=None, dtype=torch.float32):
-        max_len = cfg.block_size if max_len is None else max_len
         if not isinstance(cfg, GPTConfig):
             raise TypeError(f"cfg must be a GPTConfig, got {type(cfg).__name__}")
+        max_len = cfg.block_size if max_len is None else max_len
         if isinstance(max_len, bool) or not (isinstance(max_len, int) and 1 <= max_len <= cfg.block_size):
             raise ValueError(f"max_len must be an int in [1, block_size={cfg.block_size}], got {max_len!r}")
         if isinstance(batch_size, bool) or not (isinstance(batch_size, int) and batch_size >= 1):
