@@ -144,3 +144,76 @@ def test_save_pretrained_bert(tmp_path):
     ids = torch.randint(0, 4096, (2, 10))
     with torch.no_grad():
         assert (hf(input_ids=ids).logits - ours(ids)[0]).abs().max() < ATOL
+
+
+# ----------------------------------------------------------------------------- refusals
+# Each of these configurations loads into transformers and runs, but bmlib's model computes
+# something else (before the checks, gpt_from_hf accepted them and returned logits off by up to ~1):
+# the converter must refuse, naming the field.
+_GPT2_REFUSED = [
+    ("activation_function", dict(activation_function="relu")),
+    ("activation_function", dict(activation_function="gelu")),   # exact erf GELU, not tanh
+    ("tie_word_embeddings", dict(tie_word_embeddings=False)),
+    ("scale_attn_weights", dict(scale_attn_weights=False)),
+    ("scale_attn_by_inverse_layer_idx", dict(scale_attn_by_inverse_layer_idx=True)),
+    ("n_inner", dict(n_inner=100)),
+]
+
+
+@pytest.mark.parametrize("field,kw", _GPT2_REFUSED, ids=[f"{f}={list(k.values())[0]}" for f, k in _GPT2_REFUSED])
+def test_gpt_from_hf_refuses_what_it_does_not_implement(field, kw):
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2, **kw)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    with pytest.raises(ValueError, match=field):
+        gpt_from_hf(hf)
+
+
+def test_refused_gpt2_configs_really_differ():
+    """The refusals are not pedantry: with the check bypassed, the same weights give other logits."""
+    from bmlib.models import hf as hfmod
+
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    sd = gpt_to_hf(ours).state_dict()
+    x = torch.randint(0, 64, (2, 16))
+    for kw in ({"activation_function": "relu"}, {"scale_attn_weights": False}):
+        cfg = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, **kw)
+        other = transformers.GPT2LMHeadModel(cfg).eval()
+        other.load_state_dict(sd)
+        with torch.no_grad():
+            gap = (other(x).logits - ours(x)[0]).abs().max().item()
+        assert gap > 1e-3, (kw, gap)
+        with pytest.raises(ValueError, match=list(kw)[0]):
+            hfmod.check_gpt2_config(cfg)
+
+
+def test_gpt_from_hf_refuses_untied_weights_under_a_tied_config():
+    torch.manual_seed(0)
+    hf = gpt_to_hf(GPT(GPTConfig.preset("tiny")))
+    hf.lm_head.weight = torch.nn.Parameter(hf.lm_head.weight.detach().clone() + 1.0)
+    with pytest.raises(ValueError, match="tie_word_embeddings"):
+        gpt_from_hf(hf)
+    with pytest.raises(TypeError, match="GPT2LMHeadModel"):
+        gpt_from_hf(torch.nn.Linear(2, 2))
+
+
+_BERT_REFUSED = [
+    ("hidden_act", dict(hidden_act="relu"), "BertForMaskedLM"),
+    ("hidden_act", dict(hidden_act="gelu_new"), "BertForMaskedLM"),
+    ("position_embedding_type", dict(position_embedding_type="relative_key"), "BertForMaskedLM"),
+    ("is_decoder", dict(is_decoder=True), "BertForMaskedLM"),
+    ("tie_word_embeddings", dict(tie_word_embeddings=False), "BertForMaskedLM"),
+    ("problem_type", dict(problem_type="multi_label_classification"), "BertForSequenceClassification"),
+]
+
+
+@pytest.mark.parametrize("field,kw,kind", _BERT_REFUSED,
+                         ids=[f"{f}={list(k.values())[0]}" for f, k, _ in _BERT_REFUSED])
+def test_bert_from_hf_refuses_what_it_does_not_implement(field, kw, kind):
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=48,
+                                  max_position_embeddings=16, **kw)
+    hf = getattr(transformers, kind)(cfg).eval()
+    with pytest.raises(ValueError, match=field):
+        bert_from_hf(hf)
