@@ -84,3 +84,17 @@ def test_model_knows_the_capital_of_france(smol):
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert tok.decode(out[0, ids.shape[1]:]).strip().startswith("Paris")
+
+
+def test_split_script_checks_the_same_sha256_and_refuses_wrong_parts(tmp_path):
+    import re
+    import subprocess
+
+    from bmlib.env import repo_root
+
+    script = repo_root() / "tools" / "split_gguf.sh"
+    assert re.search(r"^SHA256=(\w+)$", script.read_text(), re.M).group(1) == sm.GGUF_SHA256
+    (tmp_path / f"{sm.GGUF_NAME}.part00").write_bytes(b"not the model")
+    dest = tmp_path / "out.gguf"
+    r = subprocess.run(["bash", str(script), "join", str(tmp_path), str(dest)], capture_output=True, text=True)
+    assert r.returncode == 1 and "sha256" in r.stderr and not dest.exists()
