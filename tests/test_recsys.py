@@ -104,9 +104,13 @@ def test_mf_scores_and_loss(loss):
     m = MF(MFConfig(n_users=5, n_items=9, dim=4, loss=loss, n_negatives=3))
     u = torch.tensor([0, 1, 4])
     i = torch.tensor([1, 9, 3])
+    with torch.no_grad():  # weights with scores worked out by hand
+        m.user.weight.copy_(torch.arange(20.0).view(5, 4) / 10)  # user u: (4u .. 4u+3) / 10
+        m.item.weight.copy_(torch.arange(10.0)[:, None].expand(10, 4) / 10)  # item j: j/10 everywhere
+        m.item_bias.weight.copy_(torch.arange(10.0)[:, None] / 100)  # bias j/100
     pos, l = m(u, i)
-    expected = (m.user.weight[u] * m.item.weight[i]).sum(-1) + m.item_bias.weight[i, 0]
-    torch.testing.assert_close(pos, expected)
+    # s(u, j) = (16u + 6)/10 * j/10 + j/100: (0, 1) -> 0.07, (1, 9) -> 2.07, (4, 3) -> 2.13
+    torch.testing.assert_close(pos, torch.tensor([0.07, 2.07, 2.13]))
     assert l.ndim == 0 and l > 0
     cand = torch.tensor([[1, 2], [9, 3], [3, 3]])
     s = m.score(u, cand)

@@ -26,8 +26,8 @@ def test_vit_shapes_or_patch_error(image_size, patch_size, in_chans, batch):
     logits, loss = m(x, y)
     assert logits.shape == (batch, 5)
     assert loss.ndim == 0 and torch.isfinite(loss)
-    n_tok = 1 + (image_size // patch_size) ** 2
-    assert cfg.n_patches + 1 == n_tok
+    # tokens = [CLS] + the patches torch's own unfold cuts (not the config's formula again)
+    n_tok = 1 + x.unfold(2, patch_size, patch_size).unfold(3, patch_size, patch_size).shape[2:4].numel()
     maps = m.attention_maps(x)
     assert len(maps) == cfg.n_layer and maps[0].shape == (batch, cfg.n_head, n_tok, n_tok)
 
