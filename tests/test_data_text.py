@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bmlib.data import corpus
-from bmlib.data.tokenizer import EOT, book_tokenizer, tokenizer_fingerprint, train_bpe
+from bmlib.data.tokenizer import EOT, book_tokenizer, char_tokenizer, tokenizer_fingerprint, train_bpe
 from bmlib.data.tokens import TokenData, corpus_token_data, encode_documents
 
 
@@ -170,3 +170,36 @@ def test_corpus_token_data():
     eot = tok.convert_tokens_to_ids(EOT)
     ids = encode_documents(["a b", "c"], tok)
     assert ids[-1] == eot and (ids == eot).sum() == 2
+
+
+# ---------------------------------------------------------------- character tokenizer
+
+
+def test_char_tokenizer_ids_are_bytes():
+    tok = char_tokenizer()
+    assert len(tok) == 257 and tok.convert_tokens_to_ids(EOT) == 256
+    text = "Return x.\n  def f(a, b):  # ü €"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == list(text.encode("utf-8"))  # one id per UTF-8 byte, id == byte value
+    with_eot = tok("ab" + EOT + "c", add_special_tokens=False)["input_ids"]
+    assert with_eot == [97, 98, 256, 99]
+    assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(char_tokenizer())  # deterministic
+    assert tokenizer_fingerprint(tok) != tokenizer_fingerprint(book_tokenizer(4096))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(max_size=200))
+def test_char_tokenizer_round_trips_any_text(s):
+    tok = _CHAR
+    ids = tok(s, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(s.encode("utf-8")) and tok.decode(ids) == s
+
+
+_CHAR = char_tokenizer()
+
+
+def test_char_corpus_token_data():
+    data = corpus_token_data(_CHAR, block_size=32)
+    n_chars = sum(len(d.encode("utf-8")) + 1 for d in corpus.cpython_split(0.1)[0])  # + one EOT each
+    assert data.num_tokens("train") == n_chars and data.vocab_needed <= 257
+

@@ -100,3 +100,36 @@ def book_tokenizer(vocab_size: int = 4096):
     with atomic_write(path, "w") as f:
         f.write(tok.backend_tokenizer.to_str())
     return tok
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable-character table (the alphabet of the ``ByteLevel`` pre-tokenizer)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(N_BYTES):
+        if b not in bs:
+            bs.append(b)
+            cs.append(N_BYTES + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def char_tokenizer():
+    """A character-level tokenizer: one token per UTF-8 byte, id == byte value, plus ``<|endoftext|>``
+    (id 256), so ``len(tok) == 257``. For the CPython corpus — ASCII but for a few hundred of its
+    two million characters — a token is a character.
+
+    It is a byte-level BPE with no merges (the same ``tokenizers`` machinery as :func:`train_bpe`),
+    so it encodes any string (nothing is unknown), decodes exactly, and works wherever the BPE does.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    b2u = _bytes_to_unicode()
+    vocab = {b2u[b]: b for b in range(N_BYTES)}
+    vocab[EOT] = N_BYTES
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.add_special_tokens([EOT])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return _wrap(tok)
