@@ -32,15 +32,17 @@ def _cmd_env(args) -> int:
 
 def _cmd_run_notebooks(args) -> int:
     from .env import scale
-    from .runner import FULL_BUDGET_S, run_notebooks, summary_table
+    from .runner import FULL_BUDGET_S, run_notebooks, summary_table, write_timings
 
     if args.rehearse and args.scale == "cpu":
         print("--rehearse runs the full configurations: drop --scale cpu", file=sys.stderr)
         return 2
     run_scale = "full" if args.rehearse else (args.scale or scale())
     results = run_notebooks(args.paths or None, scale=run_scale, timeout=args.timeout,
-                            jobs=args.jobs, budget=args.budget, rehearse=args.rehearse)
+                            jobs=args.jobs, budget=args.budget, rehearse=args.rehearse,
+                            out_dir=args.out_dir)
     print(summary_table(results))
+    print(f"seconds per chapter recorded in {write_timings(results, run_scale, args.rehearse)}")
     if run_scale == "full":
         planned = sum(r.planned_s or 0 for r in results)
         verdict = "fits" if planned <= FULL_BUDGET_S else "does NOT fit"
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rehearse", action="store_true",
                    help="run the full configurations on this machine for their first steps "
                         "(BMLIB_REHEARSE=1); executed copies go to artifacts/rehearse/")
+    r.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="write the executed notebooks to DIR (default: in place at cpu scale, "
+                        "artifacts/full-run/ at full scale, artifacts/rehearse/ for --rehearse)")
     b = sub.add_parser("bench", help="GPU/CPU throughput benchmarks; writes results/bench-<gpu>.json")
     b.add_argument("what", nargs="?", default="all",
                    choices=["gemm", "memory", "attention", "train", "decode", "all"])

@@ -249,7 +249,10 @@ def run_notebooks(paths=None, scale: str = "cpu", timeout: int = 600, *, jobs: i
 
     ``jobs`` > 1 runs that many non-timing chapters at once (timing chapters always run alone, and a
     chapter waits for its ``after`` list). ``budget`` is the seconds the whole run may take.
-    ``rehearse`` writes to ``out_dir`` (default ``artifacts/rehearse/``).
+    At full scale the executed copies go to ``out_dir`` (default ``artifacts/full-run/``, or
+    ``artifacts/rehearse/`` for a rehearsal): committed notebooks carry cpu-scale outputs only, and
+    a full run's figures are committed as ``results/<chapter>.json``. At cpu scale ``out_dir=None``
+    executes in place.
     """
     from tqdm.auto import tqdm
 
@@ -266,8 +269,9 @@ def run_notebooks(paths=None, scale: str = "cpu", timeout: int = 600, *, jobs: i
     for p in paths:
         if not p.exists() or p.suffix != ".ipynb":
             raise ValueError(f"paths must be existing .ipynb files, got {str(p)!r}")
-    if rehearse and out_dir is None:
-        out_dir = artifacts_dir("rehearse")
+    if out_dir is None and scale == "full":
+        # committed notebooks carry cpu-scale outputs only: a full run's executed copies go aside
+        out_dir = artifacts_dir("rehearse" if rehearse else "full-run")
     plans = {p.stem: read_plan(p) for p in paths}
     _check_after(paths, plans)
     deadline = time.time() + budget if budget is not None else None
@@ -326,3 +330,30 @@ def summary_table(results: list[RunResult]) -> str:
     lines.append(f"{n_ok} passed, {len(results) - n_ok - n_skip} failed"
                  + (f", {n_skip} skipped" if n_skip else ""))
     return "\n".join(lines)
+
+
+def timings_path(scale: str, rehearse: bool = False) -> Path:
+    """Where a run's measured seconds per chapter are kept: ``results/timings/<scale>.json``
+    (committed, so the next plan is measured), or ``artifacts/rehearse/timings.json``."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if rehearse:
+        return artifacts_dir("rehearse") / "timings.json"
+    return repo_root() / "results" / "timings" / f"{scale}.json"
+
+
+def write_timings(results: list[RunResult], scale: str, rehearse: bool = False, path=None) -> Path:
+    """Record planned and actual seconds per chapter with the run's provenance (atomically).
+    Chapters of earlier runs that this run did not execute keep their entries."""
+    from .env import provenance
+    from .io import write_json
+
+    path = Path(path) if path is not None else timings_path(scale, rehearse)
+    doc = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"chapters": {}}
+    for r in results:
+        doc["chapters"][Path(r.notebook).stem] = {
+            "planned_s": r.planned_s, "actual_s": round(r.seconds, 1),
+            "status": "ok" if r.ok else ("skipped" if r.skipped else "failed"), "timing": r.plan.timing}
+    doc["provenance"] = provenance()
+    doc["provenance"]["scale"] = scale
+    return write_json(path, doc)

@@ -209,9 +209,9 @@ def test_jobs_run_timing_chapters_alone_and_respect_after(tmp_path):
     log = tmp_path / "log.txt"
     cell = ("import time, pathlib\np = pathlib.Path({log!r})\n"
             "with p.open('a') as f: f.write(f'start {name} {{time.time()}}\\n')\n"
-            "time.sleep(1.0)\n"
+            "time.sleep(0.3)\n"
             "with p.open('a') as f: f.write(f'end {name} {{time.time()}}\\n')")
-    names = ["01_a", "02_b", "03_t", "04_c"]
+    names = ["01_a", "02_b", "03_t"]
     for n in names:
         _nb(tmp_path / f"{n}.ipynb", [cell.format(log=str(log), name=n)])
     runner.write_plan(tmp_path / "03_t.ipynb", timing=True)
@@ -224,5 +224,5 @@ def test_jobs_run_timing_chapters_alone_and_respect_after(tmp_path):
             kind, n, t = line.split()
             ev[(kind, n)] = float(t)
     assert ev[("start", "02_b")] >= ev[("end", "01_a")]  # after
-    for n in ("01_a", "02_b", "04_c"):  # nothing overlaps the timing chapter
+    for n in ("01_a", "02_b"):  # nothing overlaps the timing chapter
         assert ev[("end", n)] <= ev[("start", "03_t")] or ev[("start", n)] >= ev[("end", "03_t")]
