@@ -6,7 +6,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (pinned in requirements.txt: a broken install fails, never skips)
 
 from bmlib.models.bert import BERT, BertClassifier, BertConfig  # noqa: E402
 from bmlib.models.gpt import GPT, GPTConfig  # noqa: E402
