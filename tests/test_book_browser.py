@@ -98,6 +98,31 @@ def test_format_figure(value, text):
     assert book_results.format_figure(value) == text
 
 
+def _doc(chapter, scale, **figures):
+    return {"chapter": chapter, "file": f"{chapter}.json", "figures": figures,
+            "provenance": {"device": "NVIDIA H200" if scale == "full" else "CPU (2 cores)",
+                           "scale": scale, "date": "2026-12-02", "git": "abc1234"}}
+
+
+def test_side_by_side_pairs_cpu_and_gpu_runs_per_chapter():
+    rows = book_results.side_by_side(
+        [_doc("training", "cpu", val_loss=1.9), _doc("attention", "cpu", err=1e-6)],
+        [_doc("training", "full", val_loss=1.1), _doc("bench-h200", "full", gemm_bf16_tflops=771.0)])
+    assert [r["chapter"] for r in rows] == ["attention", "bench-h200", "training"]
+    att, bench, train = rows
+    assert att["gpu"] is None and bench["cpu"] is None
+    assert train["cpu"]["figures"] == {"val_loss": 1.9} and train["gpu"]["figures"] == {"val_loss": 1.1}
+    assert book_results.describe_figures(att["gpu"], book_results.NO_GPU_RUN) == \
+        "no full-scale GPU run committed yet"
+    assert book_results.describe_figures(train["gpu"], "-") == "val_loss = 1.1"
+    assert book_results.describe_source(train["gpu"]) == "NVIDIA H200, 2026-12-02, git abc1234"
+
+
+def test_side_by_side_never_mixes_scales():
+    rows = book_results.side_by_side([_doc("training", "full", v=1.0)], [_doc("nlp", "cpu", v=2.0)])
+    assert all("expected" in book_results.describe_figures(r["cpu"] or r["gpu"], "-") for r in rows)
+
+
 def test_describe_run_names_device_scale_date_and_commit():
     s = book_results.describe_run(book_results.parse_provenance_line(PROV_LINE))
     for part in ("cpu-scale", "CPU (AMD EPYC, 2 cores)", "2026-11-23", "ec094a7", "2.13.0+cpu"):
@@ -190,9 +215,10 @@ def test_landing_page_has_results_at_a_glance(html_dir):
     text = (html_dir / "book" / "intro.html").read_text(encoding="utf-8")
     assert "Results at a glance" in text
     assert "What each chapter page shows" in text
+    assert "CPU run and GPU run, side by side" in text
     results = sorted((ROOT / "results").glob("*.json"))
     if html_dir == ROOT / "_build" / "html" and not results:
-        assert "results/ holds no results file yet" in text
+        assert "results/ holds no full-scale results file yet" in text
 
 
 @pytest.mark.browser  # needs the built book

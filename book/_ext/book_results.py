@@ -2,11 +2,13 @@
 
 Two things, both computed at build time from files in the repository (nothing is typed by hand):
 
-* ``{results-at-a-glance}`` (a directive used on the landing page) renders two tables: the committed
-  headline figures in ``results/*.json`` with their provenance (device, scale, date, git), and, per
-  chapter, the device/scale/date of the outputs committed inside the notebook (read from the
-  provenance line that ``bmlib.env.notebook_header`` prints in each chapter's first code cell).
-  When ``results/`` holds no file it says so plainly.
+* ``{results-at-a-glance}`` (a directive used on the landing page) renders two tables: per chapter,
+  the headline figures of the committed cpu run (``results/cpu/*.json``, written by
+  ``python -m bmlib run-notebooks``) next to those of the committed full-scale GPU run
+  (``results/*.json``), each with device, date and git; and, per chapter, the device/scale/date of
+  the outputs committed inside the notebook (read from the provenance line that
+  ``bmlib.env.notebook_header`` prints in each chapter's first code cell). When no GPU run is
+  committed it says so plainly.
 * A provenance banner at the top of every chapter page built from a notebook: "the outputs on this
   page come from a <scale>-scale run on <device>, <date>, git <commit>", with a caveat for ``cpu``
   runs and a warning when a notebook carries no executed provenance line.
@@ -94,6 +96,44 @@ def load_results(folder: str | Path) -> list[dict]:
     return docs
 
 
+def side_by_side(cpu_docs: list[dict], gpu_docs: list[dict]) -> list[dict]:
+    """One row per chapter found in either folder: ``{"chapter", "cpu", "gpu"}`` with the results
+    document of each scale or ``None``, sorted by chapter name. A file whose provenance names the
+    wrong scale is kept, with an ``error`` key, so the page shows it instead of mixing scales."""
+    def index(docs, want):
+        out = {}
+        for d in docs:
+            d = dict(d)
+            got = d.get("provenance", {}).get("scale")
+            if not d.get("error") and got != want:
+                d["error"] = f"provenance says scale {got!r}, expected {want!r}"
+            out[d.get("chapter") or Path(d["file"]).stem] = d
+        return out
+    cpu, gpu = index(cpu_docs, "cpu"), index(gpu_docs, "full")
+    return [{"chapter": c, "cpu": cpu.get(c), "gpu": gpu.get(c)} for c in sorted(set(cpu) | set(gpu))]
+
+
+def describe_figures(doc: dict | None, missing: str) -> str:
+    """``"name = value; ..."`` for a results document, its error, or ``missing``."""
+    if doc is None:
+        return missing
+    if doc.get("error"):
+        return f"unreadable: {doc['error']}"
+    return "; ".join(f"{k} = {format_figure(v)}" for k, v in doc.get("figures", {}).items()) or "(none)"
+
+
+def describe_source(doc: dict | None) -> str:
+    """``"device, date, git abc1234"`` for a results document, or ``"-"``."""
+    if doc is None:
+        return "-"
+    prov = doc.get("provenance", {})
+    return f"{prov.get('device', '?')}, {prov.get('date', '?')}, git {prov.get('git', '?')}"
+
+
+NO_GPU_RUN = "no full-scale GPU run committed yet"
+NO_CPU_RUN = "no cpu run recorded (python -m bmlib run-notebooks writes results/cpu/)"
+
+
 def format_figure(value) -> str:
     """A headline number at 4 significant figures (ints stay ints; non-numbers are shown as is)."""
     if isinstance(value, bool):
@@ -124,9 +164,11 @@ def describe_run(prov: dict) -> str:
     return ", ".join(parts)
 
 
-CI_CAVEAT = ("At cpu scale models and data are deliberately small so that every chapter runs in "
-             "under a minute on two CPU cores: timings, throughputs and accuracies are CPU smoke-test "
-             "values, not the GPU figures the text discusses. Regenerate the outputs on a GPU with ")
+CI_CAVEAT = ("At cpu scale models and data are small enough that every chapter runs in about a "
+             "minute on two CPU cores; the lessons are asserted at this scale, and timings, "
+             "throughputs and accuracies are this CPU's. Full-scale GPU figures appear only in each "
+             "chapter's last section, \"Reference GPU run\", once a GPU run is committed. Run the "
+             "full scale on a GPU with ")
 CI_COMMAND = "python -m bmlib run-notebooks --scale full"
 
 
@@ -196,7 +238,7 @@ class ResultsAtAGlance(SphinxDirective):  # type: ignore[misc,valid-type]
     """Tables of committed results and of each chapter's output provenance."""
 
     has_content = False
-    option_spec = {"results-dir": directives.unchanged}
+    option_spec = {"results-dir": directives.unchanged, "cpu-results-dir": directives.unchanged}
 
     def run(self):
         env = self.env
@@ -205,29 +247,27 @@ class ResultsAtAGlance(SphinxDirective):  # type: ignore[misc,valid-type]
         folder = root / self.options.get("results-dir", env.config.book_results_dir)
         out: list[nodes.Node] = []
 
-        # 1. committed full-scale results
-        docs = load_results(folder)
-        for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            env.note_dependency(str(p))
-        sec = nodes.rubric(text="Committed results (results/*.json)")
-        out.append(sec)
-        if not docs:
+        # 1. headline figures: the committed cpu run next to the committed full-scale GPU run
+        cpu_folder = root / self.options.get("cpu-results-dir", env.config.book_results_cpu_dir)
+        gpu_docs, cpu_docs = load_results(folder), load_results(cpu_folder)
+        for f in (folder, cpu_folder):
+            for p in sorted(f.glob("*.json")) if f.is_dir() else []:
+                env.note_dependency(str(p))
+        out.append(nodes.rubric(text="Headline figures: CPU run and GPU run, side by side"))
+        rows = side_by_side(cpu_docs, gpu_docs)
+        if not gpu_docs:
             out.append(_para(
-                "results/ holds no results file yet: no full-scale run has been committed, so this "
-                "build has no GPU-measured headline figures. Every number in the chapters below "
-                "comes from the run named in each chapter's provenance banner (see the next table)."))
+                "results/ holds no full-scale results file yet: no GPU run of this book has been "
+                "committed, so every figure below comes from the cpu-scale run that produced the "
+                "committed pages (results/cpu/)."))
+        if not rows:
+            out.append(_para("Neither results/cpu/ nor results/ holds a results file yet."))
         else:
-            rows = []
-            for d in docs:
-                prov = d.get("provenance", {})
-                if d.get("error"):
-                    figs = f"unreadable: {d['error']}"
-                else:
-                    figs = "; ".join(f"{k} = {format_figure(v)}" for k, v in d["figures"].items())
-                rows.append([d["file"], prov.get("device", "?"), prov.get("scale", "?"),
-                             prov.get("date", "?"), prov.get("git", "?"), figs or "(none)"])
-            out.append(_table(["results file", "device", "scale", "date", "git", "headline figures"],
-                              rows, [14, 18, 6, 10, 8, 44]))
+            out.append(_table(
+                ["chapter", "CPU run (results/cpu/)", "CPU figures", "GPU run (results/)", "GPU figures"],
+                [[r["chapter"], describe_source(r["cpu"]), describe_figures(r["cpu"], NO_CPU_RUN),
+                  describe_source(r["gpu"]), describe_figures(r["gpu"], NO_GPU_RUN)] for r in rows],
+                [12, 16, 30, 16, 30]))
 
         # 2. what each chapter page shows
         out.append(nodes.rubric(text="What each chapter page shows"))
@@ -311,6 +351,7 @@ def _drop_remote_scripts(app, pagename, templatename, context, doctree):
 
 def setup(app):
     app.add_config_value("book_results_dir", "results", "env")
+    app.add_config_value("book_results_cpu_dir", "results/cpu", "env")
     app.add_directive("results-at-a-glance", ResultsAtAGlance)
     app.connect("doctree-read", _insert_banner)
     app.connect("env-get-outdated", _always_reread)
