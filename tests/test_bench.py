@@ -24,9 +24,9 @@ def test_measure_known_workload_scales_with_work():
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        x = torch.randn(256, 256)
+        x = torch.randn(128, 128)  # 8 calls stay well under a scheduler time slice (~0.5 ms)
         t1 = bench.measure(lambda: x @ x, device="cpu", warmup_s=0.01, budget_s=0.1, min_reps=10)
-        t8 = bench.measure(lambda: [x @ x for _ in range(8)], device="cpu", warmup_s=0.01, budget_s=0.3,
+        t8 = bench.measure(lambda: [x @ x for _ in range(8)], device="cpu", warmup_s=0.01, budget_s=0.5,
                            min_reps=10)
     finally:
         torch.set_num_threads(old)
