@@ -242,6 +242,16 @@ def _read_state(path: Path) -> dict:
     return state
 
 
+def read_state(path) -> dict:
+    """The verified ``state.pt`` of a checkpoint (``step``, ``optimizer``, ``rng``, ``extra``) without
+    loading anything into a model: what a caller checks before it commits to :func:`load`."""
+    path = resolve(path)
+    verify(path)
+    state = _read_state(path)
+    state["path"] = str(path)
+    return state
+
+
 def load_weights(path, model: torch.nn.Module) -> torch.nn.Module:
     """Load a verified checkpoint's weights into ``model`` (strict: every name, shape and dtype must
     match; a checkpoint that does not fit is refused before any weight is copied)."""

@@ -5,12 +5,12 @@ fine-tuning, distillation) calls :func:`train`. Two small protocols keep it mode
 
 * **data**: any object with ``get_batch(split, batch_size, generator) -> (x, y)`` where ``split`` is
   ``"train"`` or ``"val"`` and ``generator`` a ``torch.Generator`` (all randomness comes from it, so a
-  run is reproducible). :class:`ArrayData` (rows of arrays) and :class:`bmlib.data.tokens.TokenData`
+  run is reproducible). :class:`bmlib.data.arrays.ArrayData` (rows of arrays) and :class:`bmlib.data.tokens.TokenData`
   (windows of a token stream) implement it. Optional ``state_dict()/load_state_dict()`` are saved
   in checkpoints so resuming is exact.
 * **model**: ``model(x, y) -> (output, loss)`` (bmlib's GPT follows it). With ``cfg.loss_fn`` set,
   the loop calls ``model(x)`` instead and ``loss_fn(output, y)``, so a plain ``nn.Module`` works.
-  An optional ``model.flops_per_token(T)`` turns on the MFU meter.
+  A ``model.flops_per_token(T)`` and a ``peak_flops`` passed to :func:`train` turn on the MFU meter.
 
 What the loop does each step, in order: learning rate from the schedule (linear warm-up, cosine
 decay to ``min_lr``); ``grad_accum`` micro-batches of ``batch_size`` each (loss divided by
@@ -23,6 +23,7 @@ weights with ``dim >= 2``, none on biases and LayerNorm gains, as in nanoGPT); e
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from .data.arrays import check_batch_args
 from .data.tokens import TokenData  # noqa: F401  (re-exported: bmlib.train.TokenData)
 
 SCHEDULES = ("cosine", "constant")
@@ -43,6 +45,16 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, msg: str, step: int, loss: float, last_checkpoint: str | None):
         super().__init__(msg)
         self.step, self.loss, self.last_checkpoint = step, loss, last_checkpoint
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_int(cfg, name: str, minimum: int) -> None:
+    v = getattr(cfg, name)
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= minimum):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,7 @@ class TrainConfig:
     dtype: str = "fp32"  # "bf16": autocast to bfloat16 (meant for CUDA; allowed on CPU)
     compile: bool = False
     fused: bool | None = None  # None: fused AdamW on CUDA, the plain loop on CPU
-    checkpoint_dir: str | None = None
+    checkpoint_dir: str | os.PathLike | None = None
     checkpoint_interval: int = 0  # 0: checkpoint only at the end (when checkpoint_dir is set)
     keep_checkpoints: int = 2
     progress: bool = True
@@ -77,39 +89,51 @@ class TrainConfig:
     divergence_ratio: float | None = 10.0  # stop when loss > ratio x first loss (None: NaN/inf only)
 
     def __post_init__(self):
-        def pos_int(name, minimum=1):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= minimum):
-                raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
-
         for name in ("max_steps", "batch_size", "grad_accum", "eval_iters", "keep_checkpoints"):
-            pos_int(name, 1)
+            _check_int(self, name, 1)
         for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "seed"):
-            pos_int(name, 0)
+            _check_int(self, name, 0)
         if self.eval_batch_size is not None:
-            pos_int("eval_batch_size", 1)
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            _check_int(self, "eval_batch_size", 1)
+        if not (_is_number(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
-        if self.min_lr is not None and not (isinstance(self.min_lr, (int, float)) and 0 <= self.min_lr <= self.lr):
-            raise ValueError(f"min_lr must lie in [0, lr={self.lr}], got {self.min_lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.min_lr is not None and not (_is_number(self.min_lr) and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"min_lr must be None or a number in [0, lr={self.lr}], got {self.min_lr!r}")
+        if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= max_steps ({self.max_steps})")
-        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
-            raise ValueError(f"grad_clip must be None or > 0, got {self.grad_clip!r}")
+        if self.grad_clip is not None and not (_is_number(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be None or a positive finite number, got {self.grad_clip!r}")
         if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
-                and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
+                and all(_is_number(b) and 0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas must be a pair of numbers in [0, 1), got {self.betas!r}")
+        if not (_is_number(self.eps) and self.eps > 0):
+            raise ValueError(f"eps must be a positive finite number, got {self.eps!r}")
+        if self.device is not None:
+            if not isinstance(self.device, str):
+                raise TypeError(f"device must be None or a device string like 'cpu' or 'cuda:0', "
+                                f"got {type(self.device).__name__}")
+            try:
+                torch.device(self.device)
+            except RuntimeError as e:
+                raise ValueError(f"device must be None or a device string like 'cpu' or 'cuda:0', "
+                                 f"got {self.device!r}") from e
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for name, allow_none in (("compile", False), ("fused", True), ("progress", False)):
+            v = getattr(self, name)
+            if not (isinstance(v, bool) or (allow_none and v is None)):
+                raise TypeError(f"{name} must be {'None or ' if allow_none else ''}a bool, got {v!r}")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_dir must be None or a path, got {type(self.checkpoint_dir).__name__}")
         if self.loss_fn is not None and not callable(self.loss_fn):
             raise TypeError(f"loss_fn must be callable(output, y) -> loss, got {type(self.loss_fn).__name__}")
-        if self.divergence_ratio is not None and not (isinstance(self.divergence_ratio, (int, float))
+        if self.divergence_ratio is not None and not (_is_number(self.divergence_ratio)
                                                       and self.divergence_ratio > 1):
-            raise ValueError(f"divergence_ratio must be None or > 1, got {self.divergence_ratio!r}")
+            raise ValueError(f"divergence_ratio must be None or a finite number > 1, got {self.divergence_ratio!r}")
 
     @property
     def final_lr(self) -> float:
@@ -119,6 +143,7 @@ class TrainConfig:
         d = asdict(self)
         d["loss_fn"] = getattr(self.loss_fn, "__name__", None) if self.loss_fn else None
         d["betas"] = list(self.betas)
+        d["checkpoint_dir"] = None if self.checkpoint_dir is None else str(self.checkpoint_dir)
         return d
 
 
@@ -153,63 +178,6 @@ def make_optimizer(model, cfg: TrainConfig, device) -> torch.optim.AdamW:
                              eps=cfg.eps, fused=bool(fused))
 
 
-class ArrayData:
-    """Rows of ``x``/``y`` arrays as the data protocol.
-
-    ``train`` batches walk a fresh random permutation each epoch (sampling without replacement),
-    drawn from the generator; ``val`` batches are random rows without replacement within a batch.
-    The epoch position is part of :meth:`state_dict`, so checkpoints resume exactly.
-    """
-
-    def __init__(self, x_train, y_train, x_val, y_val):
-        self.x = {"train": torch.as_tensor(x_train), "val": torch.as_tensor(x_val)}
-        self.y = {"train": torch.as_tensor(y_train), "val": torch.as_tensor(y_val)}
-        for s in ("train", "val"):
-            if self.x[s].shape[0] != self.y[s].shape[0]:
-                raise ValueError(f"x_{s} has {self.x[s].shape[0]} rows but y_{s} has {self.y[s].shape[0]}")
-            if self.x[s].shape[0] == 0:
-                raise ValueError(f"x_{s} must have at least one row")
-        self._perm: torch.Tensor | None = None
-        self._pos = 0
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return self.x["train"].shape[0]
-
-    def get_batch(self, split: str, batch_size: int, generator: torch.Generator):
-        _check_batch_args(split, batch_size)
-        n = self.x[split].shape[0]
-        if split == "val":
-            idx = torch.randperm(n, generator=generator)[:batch_size]
-            return self.x["val"][idx], self.y["val"][idx]
-        out = []
-        need = batch_size
-        while need > 0:
-            if self._perm is None or self._pos >= n:
-                self._perm = torch.randperm(n, generator=generator)
-                self._pos = 0
-                self.epoch += 1
-            take = self._perm[self._pos:self._pos + need]
-            self._pos += len(take)
-            need -= len(take)
-            out.append(take)
-        idx = torch.cat(out)
-        return self.x["train"][idx], self.y["train"][idx]
-
-    def state_dict(self) -> dict:
-        return {"perm": self._perm, "pos": self._pos, "epoch": self.epoch}
-
-    def load_state_dict(self, st: dict) -> None:
-        self._perm, self._pos, self.epoch = st["perm"], st["pos"], st["epoch"]
-
-
-def _check_batch_args(split, batch_size):
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-
-
 @dataclass
 class Result:
     """What :func:`train` returns. ``history`` has one dict per optimizer step (``val_loss`` is
@@ -226,6 +194,8 @@ class Result:
     model: torch.nn.Module = field(repr=False)
     evals: list = field(default_factory=list)
     checkpoint: str | None = None
+    train_seconds: float = 0.0  # the optimizer steps only (``seconds`` includes evaluation and checkpoints)
+    flops: float | None = None  # total model FLOPs of the steps (None without the MFU meter)
 
 
 def _to_device(t, device):
@@ -285,7 +255,7 @@ def evaluate(model, data, iters: int = 10, batch_size: int = 16, generator: torc
     batches and differences between them are the model's, not the sampling's."""
     if not (isinstance(iters, int) and iters >= 1):
         raise ValueError(f"iters must be an int >= 1, got {iters!r}")
-    _check_batch_args(split, batch_size)
+    check_batch_args(split, batch_size)
     cfg = cfg or TrainConfig(progress=False)
     device = device or _model_device(model)
     generator = generator if generator is not None else torch.Generator().manual_seed(1)
@@ -309,29 +279,227 @@ def _model_device(model):
         return torch.device("cpu")
 
 
-def _peak_flops(dtype: str):
-    try:
-        from .hw import current
-
-        return current().peak_flops(dtype)
-    except Exception:
+def resolve_peak_flops(peak_flops, device, dtype: str) -> float | None:
+    """The peak FLOP/s that MFU divides by. ``peak_flops`` is a positive number (a datasheet or a
+    measured peak: say which in the text), ``None`` (no MFU), or ``"auto"``: :mod:`bmlib.hw`'s entry
+    for ``device`` and ``dtype``. ``"auto"`` raises whatever :mod:`bmlib.hw` raises (an unknown device,
+    a dtype without a peak): pass the number instead."""
+    if peak_flops is None:
         return None
+    if isinstance(peak_flops, str):
+        if peak_flops != "auto":
+            raise ValueError(f"peak_flops must be a positive number, None or 'auto', got {peak_flops!r}")
+        from . import hw
+
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            return hw.lookup(torch.cuda.get_device_name(dev)).peak_flops(dtype)
+        if torch.cuda.is_available():
+            raise ValueError("peak_flops='auto' for a CPU device on a GPU machine: bmlib.hw.current() "
+                             "describes the GPU; pass peak_flops=<FLOP/s> or None")
+        return hw.current().peak_flops(dtype)
+    if not (_is_number(peak_flops) and peak_flops > 0):
+        raise ValueError(f"peak_flops must be a positive number, None or 'auto', got {peak_flops!r}")
+    return float(peak_flops)
 
 
-def train(model: torch.nn.Module, data, cfg: TrainConfig, *, resume_from=None,
-          callbacks: list | None = None) -> Result:
+def _mfu(flops: float, seconds: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: model FLOPs done / seconds taken / peak FLOP/s."""
+    return flops / seconds / peak if peak is not None and seconds > 0 else None
+
+
+#: TrainConfig fields a resumed run may change without changing the trajectory it continues.
+RESUME_FREE = ("progress", "checkpoint_dir", "checkpoint_interval", "keep_checkpoints")
+_RESUME_KEYS = ("generator", "history", "evals", "first_loss", "train_seconds", "train_tokens",
+                "train_flops", "data", "config")
+
+
+def config_changes(saved: dict, cfg: TrainConfig, allow_changes=()) -> dict:
+    """``{field: (saved value, new value)}`` for every field of ``cfg`` that differs from the saved
+    config (``TrainConfig.to_dict()``), except :data:`RESUME_FREE` and the fields in ``allow_changes``."""
+    allow = (allow_changes,) if isinstance(allow_changes, str) else tuple(allow_changes)
+    unknown = [f for f in allow if f not in TrainConfig.__dataclass_fields__]
+    if unknown:
+        raise ValueError(f"allow_changes must name TrainConfig fields, got unknown {unknown}")
+    now = cfg.to_dict()
+    return {k: (saved.get(k, "<not saved>"), v) for k, v in now.items()
+            if k not in RESUME_FREE and k not in allow and saved.get(k, "<not saved>") != v}
+
+
+def _eval_due(step: int, cfg: TrainConfig) -> bool:
+    return bool(cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_steps
+
+
+def _checkpoint_due(step: int, cfg: TrainConfig, stopped: bool) -> bool:
+    return cfg.checkpoint_dir is not None and (
+        step == cfg.max_steps or stopped or bool(cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0))
+
+
+class _Run:
+    """One training run's state (step, history, totals, RNG) and its parts: a step, an evaluation,
+    a checkpoint. :func:`train` strings them together."""
+
+    def __init__(self, model, data, cfg: TrainConfig, peak_flops):
+        from .env import device as default_device
+
+        self.model, self.data, self.cfg = model, data, cfg
+        self.device = default_device(cfg.device)
+        model.to(self.device)
+        self.opt = make_optimizer(model, cfg, self.device)
+        self.fwd = torch.compile(model) if cfg.compile else model
+        self.autocast = _autocast_factory(cfg, self.device)
+        self.use_cuda = torch.device(self.device).type == "cuda"
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.peak = resolve_peak_flops(peak_flops, self.device, cfg.dtype)
+        self.flops_fn = getattr(model, "flops_per_token", None)
+        if self.peak is not None and not callable(self.flops_fn):
+            raise ValueError(f"peak_flops asks for MFU, but {type(model).__name__} has no flops_per_token(seq_len)")
+        self.step, self.first_loss = 0, None
+        self.history: list[dict] = []
+        self.evals: list[dict] = []
+        self.train_seconds, self.train_tokens, self.train_flops = 0.0, 0, 0.0
+        self.last_ckpt: str | None = None
+
+    def resume(self, path, allow_changes) -> None:
+        """Restore everything from a checkpoint written by :meth:`save_checkpoint`; refuses (before the
+        model is touched) a checkpoint whose config differs from ``cfg`` in a field that changes the run."""
+        from . import checkpoint as ckpt
+
+        ex = ckpt.read_state(path)["extra"]
+        missing = [k for k in _RESUME_KEYS if k not in ex]
+        if missing:
+            raise ValueError(f"resume_from={str(path)!r} lacks {missing}: not a checkpoint written by bmlib.train")
+        changed = config_changes(ex["config"], self.cfg, allow_changes)
+        if changed:
+            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changed.items()))
+            raise ValueError(f"cfg differs from the config of checkpoint {str(path)!r} ({what}); resuming would not "
+                             f"continue the same run. Pass allow_changes={tuple(changed)} to resume anyway")
+        if ex["data"] is not None and not callable(getattr(self.data, "load_state_dict", None)):
+            raise ValueError(f"the checkpoint holds a data state but {type(self.data).__name__} has no load_state_dict")
+        state = ckpt.load(path, self.model, self.opt)
+        if state["step"] > self.cfg.max_steps:
+            raise ValueError(f"checkpoint is at step {state['step']}, beyond cfg.max_steps={self.cfg.max_steps}")
+        self.step, self.last_ckpt = state["step"], state["path"]
+        self.gen.set_state(ex["generator"])
+        if ex["data"] is not None:
+            self.data.load_state_dict(ex["data"])
+        self.history, self.evals, self.first_loss = list(ex["history"]), list(ex["evals"]), ex["first_loss"]
+        self.train_seconds, self.train_tokens, self.train_flops = ex["train_seconds"], ex["train_tokens"], ex["train_flops"]
+
+    def train_step(self) -> dict:
+        """One optimizer step (``grad_accum`` micro-batches); returns its history record."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        t0 = time.perf_counter()
+        loss, tokens, flops = 0.0, 0, 0.0
+        for _ in range(cfg.grad_accum):
+            x, y = self.data.get_batch("train", cfg.batch_size, self.gen)
+            tokens += _count_tokens(x)
+            flops += self._model_flops(x)
+            x, y = _to_device(x, self.device), _to_device(y, self.device)
+            micro = _loss(self.fwd, x, y, cfg, self.autocast)
+            (micro / cfg.grad_accum).backward()
+            loss += micro.detach().float()
+        loss = float(loss) / cfg.grad_accum
+        self.first_loss = loss if self.first_loss is None else self.first_loss
+        gnorm = self._grad_norm()
+        self._stop_if_diverged(loss, gnorm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.use_cuda:
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        self.step += 1
+        self.train_seconds, self.train_tokens, self.train_flops = (self.train_seconds + dt, self.train_tokens + tokens,
+                                                                   self.train_flops + flops)
+        return {"step": self.step, "lr": lr, "train_loss": loss, "val_loss": None, "grad_norm": gnorm,
+                "tokens_per_s": tokens / dt if dt > 0 else float("nan"), "mfu": _mfu(flops, dt, self.peak)}
+
+    def _model_flops(self, x) -> float:
+        if self.peak is None:
+            return 0.0
+        if not _is_token_batch(x):
+            raise ValueError("peak_flops asks for MFU, which counts flops_per_token(T) x tokens: the batches "
+                             f"must be (B, T) token ids, got {type(x).__name__} {getattr(x, 'shape', '')}")
+        return self.flops_fn(int(x.shape[1])) * x.numel()
+
+    def _grad_norm(self) -> float:
+        params = self.model.parameters()
+        if self.cfg.grad_clip is not None:
+            return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+        return float(torch.linalg.vector_norm(torch.stack(
+            [p.grad.detach().float().norm() for p in params if p.grad is not None])))
+
+    def _stop_if_diverged(self, loss: float, gnorm: float) -> None:
+        cfg, bad = self.cfg, None
+        if not math.isfinite(loss):
+            bad = f"the training loss is {loss}"
+        elif cfg.divergence_ratio is not None and loss > cfg.divergence_ratio * abs(self.first_loss) > 0:
+            bad = (f"the training loss {loss:.4g} exceeds divergence_ratio={cfg.divergence_ratio} "
+                   f"x the first loss {self.first_loss:.4g}")
+        elif not math.isfinite(gnorm):
+            bad = f"the gradient norm is {gnorm}"
+        if bad is None:
+            return
+        self.opt.zero_grad(set_to_none=True)
+        where = (f"; the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else
+                 " (no checkpoint was written: set checkpoint_dir/checkpoint_interval to keep one)")
+        raise TrainingDiverged(f"training diverged at step {self.step + 1}: {bad}. The weights were not updated"
+                               f"{where}. Lower lr, add warm-up or grad_clip, or check the data for NaNs.",
+                               self.step + 1, loss, self.last_ckpt)
+
+    def evaluate(self) -> dict:
+        """Mean train and val loss on fixed batches (their own generators: the run's RNG is untouched)."""
+        cfg = self.cfg
+        bs, kw = cfg.eval_batch_size or cfg.batch_size, dict(cfg=cfg, device=self.device)
+        rec = {"step": self.step,
+               "train_loss": evaluate(self.fwd, self.data, cfg.eval_iters, bs,
+                                      torch.Generator().manual_seed(cfg.seed + 2), split="train", **kw),
+               "val_loss": evaluate(self.fwd, self.data, cfg.eval_iters, bs,
+                                    torch.Generator().manual_seed(cfg.seed + 1), split="val", **kw)}
+        self.evals.append(rec)
+        return rec
+
+    def save_checkpoint(self) -> None:
+        from . import checkpoint as ckpt
+
+        root, data = Path(self.cfg.checkpoint_dir), self.data
+        extra = {"generator": self.gen.get_state(), "history": self.history, "evals": self.evals,
+                 "first_loss": self.first_loss, "train_seconds": self.train_seconds,
+                 "train_tokens": self.train_tokens, "train_flops": self.train_flops,
+                 "data": data.state_dict() if callable(getattr(data, "state_dict", None)) else None,
+                 "config": self.cfg.to_dict()}
+        d = ckpt.save(root / f"step_{self.step:07d}", self.model, self.opt, step=self.step, extra=extra)
+        ckpt.write_latest(root, d, keep=self.cfg.keep_checkpoints)
+        self.last_ckpt = str(d)
+
+    def result(self, seconds: float) -> Result:
+        ev = self.evals[-1]
+        return Result(final_train_loss=ev["train_loss"], final_val_loss=ev["val_loss"],
+                      best_val_loss=min(e["val_loss"] for e in self.evals), history=self.history,
+                      tokens_per_s=self.train_tokens / self.train_seconds if self.train_seconds > 0 else float("nan"),
+                      mfu=_mfu(self.train_flops, self.train_seconds, self.peak), steps=self.step, seconds=seconds,
+                      model=self.model, evals=self.evals, checkpoint=self.last_ckpt,
+                      train_seconds=self.train_seconds, flops=self.train_flops if self.peak is not None else None)
+
+
+def train(model: torch.nn.Module, data, cfg: TrainConfig, *, resume_from=None, allow_changes=(),
+          callbacks: list | None = None, peak_flops=None) -> Result:
     """Train ``model`` on ``data`` for ``cfg.max_steps`` optimizer steps; see the module docstring.
 
     ``resume_from``: a checkpoint folder (or a ``checkpoint_dir`` with ``latest.json``); weights,
     optimizer, RNG states, data state and history are restored and training continues to
-    ``cfg.max_steps`` exactly as if it had never stopped.
+    ``cfg.max_steps`` exactly as if it had never stopped. A ``cfg`` that differs from the saved one
+    (lr, batch size, seed, max_steps, ...: every field but :data:`RESUME_FREE`) is refused with a
+    ValueError naming the fields, unless they are listed in ``allow_changes``.
     ``callbacks``: functions ``cb(record, model)`` called after every step with that step's history
     record; one returning ``True`` stops training early (a checkpoint is still written).
+    ``peak_flops``: turns on the MFU meter (see :func:`resolve_peak_flops`): ``Result.mfu`` is the
+    total model FLOPs (``model.flops_per_token(T)`` x tokens) / total step seconds / peak.
     """
     from tqdm import tqdm
-
-    from . import checkpoint as ckpt
-    from .env import device as default_device
 
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -340,215 +508,59 @@ def train(model: torch.nn.Module, data, cfg: TrainConfig, *, resume_from=None,
     if not callable(getattr(data, "get_batch", None)):
         raise TypeError(f"data must have get_batch(split, batch_size, generator), got {type(data).__name__}")
     callbacks = list(callbacks or [])
-    device = default_device(cfg.device)
-    model.to(device)
-    opt = make_optimizer(model, cfg, device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict] = []
-    evals: list[dict] = []
-    step, first_loss, train_seconds, train_tokens = 0, None, 0.0, 0
+    run = _Run(model, data, cfg, peak_flops)
     if resume_from is not None:
-        state = ckpt.load(resume_from, model, opt)
-        ex = state["extra"]
-        step = state["step"]
-        gen.set_state(ex["generator"])
-        if ex.get("data") is not None and hasattr(data, "load_state_dict"):
-            data.load_state_dict(ex["data"])
-        history, evals = list(ex.get("history", [])), list(ex.get("evals", []))
-        first_loss = ex.get("first_loss")
-        train_seconds, train_tokens = ex.get("train_seconds", 0.0), ex.get("train_tokens", 0)
+        run.resume(resume_from, allow_changes)
     else:
         torch.manual_seed(cfg.seed)  # dropout masks: reproducible for a given seed
-    if step > cfg.max_steps:
-        raise ValueError(f"checkpoint is at step {step}, beyond cfg.max_steps={cfg.max_steps}")
-
-    fwd_model = torch.compile(model) if cfg.compile else model
-    autocast = _autocast_factory(cfg, device)
-    eval_bs = cfg.eval_batch_size or cfg.batch_size
-    flops_fn = getattr(model, "flops_per_token", None)
-    peak = _peak_flops(cfg.dtype) if callable(flops_fn) else None
-    use_cuda = torch.device(device).type == "cuda"
-    last_ckpt: str | None = None
-    if cfg.checkpoint_dir is not None:
-        try:
-            last_ckpt = str(ckpt.resolve(cfg.checkpoint_dir))
-        except ckpt.CheckpointError:
-            last_ckpt = None
-
-    def save_ckpt():
-        nonlocal last_ckpt
-        if cfg.checkpoint_dir is None:
-            return
-        root = Path(cfg.checkpoint_dir)
-        extra = {"generator": gen.get_state(), "history": history, "evals": evals, "first_loss": first_loss,
-                 "train_seconds": train_seconds, "train_tokens": train_tokens,
-                 "data": data.state_dict() if hasattr(data, "state_dict") else None,
-                 "config": {k: v for k, v in cfg.to_dict().items() if k != "loss_fn"}}
-        d = ckpt.save(root / f"step_{step:07d}", model, opt, step=step, extra=extra)
-        ckpt.write_latest(root, d, keep=cfg.keep_checkpoints)
-        last_ckpt = str(d)
-
-    def run_eval():
-        g_val = torch.Generator().manual_seed(cfg.seed + 1)
-        g_tr = torch.Generator().manual_seed(cfg.seed + 2)
-        kw = dict(cfg=cfg, device=device)
-        rec = {"step": step,
-               "train_loss": evaluate(fwd_model, data, cfg.eval_iters, eval_bs, g_tr, split="train", **kw),
-               "val_loss": evaluate(fwd_model, data, cfg.eval_iters, eval_bs, g_val, split="val", **kw)}
-        evals.append(rec)
-        return rec
-
-    t_start = time.perf_counter()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not cfg.progress, leave=False,
+    t_start, stopped = time.perf_counter(), False
+    bar = tqdm(total=cfg.max_steps, initial=run.step, desc="train", disable=not cfg.progress, leave=False,
                mininterval=2.0)  # few redraws: notebooks store every one of them
     model.train()
-    stopped = False
     try:
-        while step < cfg.max_steps and not stopped:
-            lr = lr_at(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            t0 = time.perf_counter()
-            loss_sum, tokens = 0.0, 0
-            for _ in range(cfg.grad_accum):
-                x, y = data.get_batch("train", cfg.batch_size, gen)
-                tokens += _count_tokens(x)
-                x, y = _to_device(x, device), _to_device(y, device)
-                loss = _loss(fwd_model, x, y, cfg, autocast)
-                (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach().float()
-            loss_val = float(loss_sum) / cfg.grad_accum
-            if first_loss is None:
-                first_loss = loss_val
-            bad = None
-            if not math.isfinite(loss_val):
-                bad = f"the training loss is {loss_val}"
-            elif cfg.divergence_ratio is not None and loss_val > cfg.divergence_ratio * abs(first_loss) > 0:
-                bad = (f"the training loss {loss_val:.4g} exceeds divergence_ratio={cfg.divergence_ratio} "
-                       f"x the first loss {first_loss:.4g}")
-            if cfg.grad_clip is not None:
-                gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            else:
-                gnorm = float(torch.linalg.vector_norm(torch.stack(
-                    [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None])))
-            if bad is None and not math.isfinite(gnorm):
-                bad = f"the gradient norm is {gnorm}"
-            if bad is not None:
-                opt.zero_grad(set_to_none=True)
-                where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else \
-                    " (no checkpoint was written: set checkpoint_dir/checkpoint_interval to keep one)"
-                raise TrainingDiverged(
-                    f"training diverged at step {step + 1}: {bad}. The weights were not updated{where}. "
-                    "Lower lr, add warm-up or grad_clip, or check the data for NaNs.", step + 1, loss_val, last_ckpt)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if use_cuda:
-                torch.cuda.synchronize(device)
-            dt = time.perf_counter() - t0
-            step += 1
-            train_seconds += dt
-            train_tokens += tokens
-            tps = tokens / dt if dt > 0 else float("nan")
-            mfu = None
-            if peak and _is_token_batch(x):
-                mfu = flops_fn(int(x.shape[1])) * tps / peak
-            rec = {"step": step, "lr": lr, "train_loss": loss_val, "val_loss": None, "grad_norm": gnorm,
-                   "tokens_per_s": tps, "mfu": mfu}
-            if (cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_steps:
-                rec["val_loss"] = run_eval()["val_loss"]
-            history.append(rec)
-            for cb in callbacks:
-                stopped = bool(cb(rec, model)) or stopped
-            if cfg.checkpoint_dir is not None and (
-                    step == cfg.max_steps or stopped
-                    or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
-                save_ckpt()
+        while run.step < cfg.max_steps and not stopped:
+            rec = run.train_step()
+            if _eval_due(run.step, cfg):
+                rec["val_loss"] = run.evaluate()["val_loss"]
+            run.history.append(rec)
+            stopped = any([bool(cb(rec, model)) for cb in callbacks])  # a list: every callback runs
+            if _checkpoint_due(run.step, cfg, stopped):
+                run.save_checkpoint()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}", refresh=False)
     finally:
         bar.close()
-    if not evals or evals[-1]["step"] != step:
-        run_eval()
-        if history:
-            history[-1]["val_loss"] = evals[-1]["val_loss"]
-    avg_tps = train_tokens / train_seconds if train_seconds > 0 else float("nan")
-    mfus = [h["mfu"] for h in history if h.get("mfu") is not None]
-    avg_mfu = None
-    if mfus and peak:
-        T = history and _last_seq_len(data)
-        avg_mfu = flops_fn(T) * avg_tps / peak if T else sum(mfus) / len(mfus)
-    return Result(final_train_loss=evals[-1]["train_loss"], final_val_loss=evals[-1]["val_loss"],
-                  best_val_loss=min(e["val_loss"] for e in evals), history=history, tokens_per_s=avg_tps,
-                  mfu=avg_mfu, steps=step, seconds=time.perf_counter() - t_start, model=model, evals=evals,
-                  checkpoint=last_ckpt)
+    if not run.evals or run.evals[-1]["step"] != run.step:  # stopped early, or resumed at the end
+        run.evaluate()
+        if run.history:
+            run.history[-1]["val_loss"] = run.evals[-1]["val_loss"]
+    return run.result(time.perf_counter() - t_start)
 
 
 def _is_token_batch(x) -> bool:
     return isinstance(x, torch.Tensor) and not x.is_floating_point() and x.dim() == 2
 
 
-def _last_seq_len(data):
-    return getattr(data, "block_size", None)
-
-
 # ---------------------------------------------------------------------------- benchmarking a step
-
-
-class HFCausalLM(torch.nn.Module):
-    """A Hugging Face causal LM (e.g. ``GPT2LMHeadModel``) behind the book's ``model(x, y) ->
-    (logits, loss)`` protocol, with the same loss (mean next-token cross-entropy in fp32 over
-    pre-shifted targets) and the same FLOP count as :meth:`bmlib.models.gpt.GPT.flops_per_token`."""
-
-    def __init__(self, hf):
-        super().__init__()
-        self.hf = hf
-        c = hf.config
-        self.n_layer, self.n_embd = c.n_layer, c.n_embd
-        self.vocab_size, self.block_size = c.vocab_size, c.n_positions
-
-    def forward(self, x, y=None):
-        logits = self.hf(input_ids=x).logits  # (B, T, V)
-        loss = None
-        if y is not None:
-            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1),
-                                                     ignore_index=-100)
-        return logits, loss
-
-    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
-        emb = self.hf.transformer.wte.weight.numel() + self.hf.transformer.wpe.weight.numel()
-        N = sum(p.numel() for p in self.hf.parameters()) - emb + self.vocab_size * self.n_embd
-        fwd = 2 * N + 4 * self.n_layer * seq_len * self.n_embd
-        return float(3 * fwd if training else fwd)
-
-
-def _as_protocol_model(model):
-    if isinstance(model, torch.nn.Module) and hasattr(model, "flops_per_token"):
-        return model
-    cfg = getattr(model, "config", None)
-    if cfg is not None and getattr(cfg, "model_type", None) == "gpt2":
-        return HFCausalLM(model)
-    raise TypeError(f"model must be a bmlib GPT-like module with flops_per_token or a Hugging Face "
-                    f"GPT2LMHeadModel, got {type(model).__name__}")
-
-
 def measure_train_step(model, batch_size: int, seq_len: int, *, dtype: str = "bf16", compile: bool = False,
                        fused: bool | None = None, device=None, lr: float = 1e-4, grad_clip: float | None = 1.0,
                        warmup_s: float = 1.0, budget_s: float = 3.0, min_reps: int = 5, max_reps: int = 50,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, peak_flops="auto") -> dict:
     """Time one full training step (forward, backward, clip, AdamW) with :func:`bmlib.bench.measure`.
 
     ``model`` is a bmlib GPT (anything with ``flops_per_token``) or a Hugging Face
-    ``GPT2LMHeadModel`` (wrapped by :class:`HFCausalLM`). It is trained *in place* on random
+    ``GPT2LMHeadModel`` (wrapped by :class:`bmlib.models.hf.HFCausalLM`). It is trained *in place* on random
     tokens, so pass a fresh one. ``dtype``: ``"bf16"`` autocast or ``"fp32"``; ``fused``: fused AdamW
-    (default: on CUDA). Returns ``tokens_per_s``, ``mfu`` (against :func:`bmlib.hw.current`'s peak
-    for ``dtype``), ``step_ms`` (median) and the measurement's details; on CUDA also the peak memory.
+    (default: on CUDA). Returns ``tokens_per_s``, ``mfu`` (against ``peak_flops``, see
+    :func:`resolve_peak_flops`; ``None`` with ``peak_flops=None``), ``step_ms`` (median) and the measurement's details; on CUDA also the peak memory.
     """
     from .bench import measure
     from .env import device as default_device
+    from .models.hf import as_protocol_model
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    m = _as_protocol_model(model)
+    m = as_protocol_model(model)
     block = getattr(getattr(m, "config", None), "block_size", None) or getattr(m, "block_size", None)
     vocab = getattr(getattr(m, "config", None), "vocab_size", None) or getattr(m, "vocab_size", None)
     if not (isinstance(batch_size, int) and batch_size >= 1):
@@ -581,10 +593,10 @@ def measure_train_step(model, batch_size: int, seq_len: int, *, dtype: str = "bf
     t = measure(step, device=dev, warmup_s=warmup_s, budget_s=budget_s, min_reps=min_reps, max_reps=max_reps)
     tokens = batch_size * seq_len
     flops = m.flops_per_token(seq_len) * tokens
-    peak = _peak_flops(dtype)
+    peak = resolve_peak_flops(peak_flops, dev, dtype)
     out = {"tokens_per_s": t.per_s(tokens), "step_ms": t.median_ms, "iqr_ms": t.iqr_ms, "reps": t.reps,
            "timer": t.timer, "flops_per_step": flops, "tflops": t.per_s(flops) / 1e12,
-           "mfu": (t.per_s(flops) / peak) if peak else None, "peak_tflops": (peak / 1e12) if peak else None,
+           "mfu": _mfu(flops, t.median_ms / 1e3, peak), "peak_tflops": (peak / 1e12) if peak else None,
            "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype, "compile": bool(compile),
            "fused": bool(opt.defaults.get("fused")), "device": str(dev),
            "params": sum(p.numel() for p in m.parameters())}

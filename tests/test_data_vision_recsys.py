@@ -71,7 +71,7 @@ def test_zero_rotation_is_identity():
 
 
 def test_augmented_data_only_touches_train():
-    from bmlib.train import ArrayData
+    from bmlib.data.arrays import ArrayData
 
     s = digits.split()
     d = digits.AugmentedData(ArrayData(*s["train"], *s["val"]))

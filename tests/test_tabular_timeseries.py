@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bmlib.data.arrays import ArrayData
 from bmlib.models.tabular import TabularConfig, TabularTransformer
 from bmlib.models.timeseries import TimeSeriesConfig, TimeSeriesTransformer
-from bmlib.train import ArrayData, TrainConfig, train
+from bmlib.train import TrainConfig, train
 
 
 @pytest.fixture(autouse=True)

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -10,8 +11,9 @@ from hypothesis import strategies as st
 from bmlib import checkpoint as ckpt
 from bmlib.data.tokens import TokenData
 from bmlib.models.gpt import GPT, GPTConfig
-from bmlib.train import (ArrayData, TrainConfig, TrainingDiverged, evaluate, lr_at, measure_train_step,
-                         param_groups, train)
+from bmlib.data.arrays import ArrayData
+from bmlib.train import (RESUME_FREE, TrainConfig, TrainingDiverged, config_changes, evaluate, lr_at,
+                         measure_train_step, param_groups, resolve_peak_flops, train)
 
 MICRO = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)
 
@@ -85,10 +87,34 @@ def test_lr_used_by_the_loop_matches_schedule():
     (dict(betas=(0.9, 1.0)), "betas"), (dict(dtype="fp16"), "dtype"), (dict(eval_iters=0), "eval_iters"),
     (dict(divergence_ratio=0.5), "divergence_ratio"), (dict(batch_size=2.5), "batch_size"),
     (dict(eval_interval=-1), "eval_interval"), (dict(seed=-3), "seed"),
+    (dict(eps=-1.0), "eps"), (dict(eps=0.0), "eps"), (dict(eps=float("nan")), "eps"),
+    (dict(weight_decay=float("inf")), "weight_decay"), (dict(grad_clip=float("inf")), "grad_clip"),
+    (dict(min_lr=float("nan")), "min_lr"), (dict(min_lr=-0.1), "min_lr"), (dict(lr=True), "lr"),
+    (dict(divergence_ratio=float("inf")), "divergence_ratio"), (dict(betas=(True, 0.9)), "betas"),
+    (dict(betas=(0.9,)), "betas"), (dict(max_steps=True), "max_steps"), (dict(keep_checkpoints=0), "keep_checkpoints"),
+    (dict(checkpoint_interval=-1), "checkpoint_interval"), (dict(eval_batch_size=0), "eval_batch_size"),
+    (dict(warmup_steps=1.5), "warmup_steps"), (dict(device="gpu!"), "device"),
 ])
 def test_bad_configs(kw, match):
     with pytest.raises(ValueError, match=match):
         _cfg(**kw)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(compile="yes"), "compile"), (dict(fused=1), "fused"), (dict(progress=None), "progress"),
+    (dict(device=3), "device"), (dict(checkpoint_dir=5), "checkpoint_dir"),
+])
+def test_bad_config_types(kw, match):
+    with pytest.raises(TypeError, match=match):
+        _cfg(**kw)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(["lr", "min_lr", "weight_decay", "grad_clip", "eps", "divergence_ratio"]),
+       st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+def test_non_finite_numbers_rejected(name, value):
+    with pytest.raises(ValueError, match=name):
+        _cfg(**{name: value})
 
 
 def test_bad_types():
@@ -141,7 +167,7 @@ def test_training_learns_and_reports():
     assert res.best_val_loss == min(e["val_loss"] for e in res.evals)
     assert res.history[19]["val_loss"] == res.evals[0]["val_loss"]
     assert res.history[0]["val_loss"] is None
-    assert res.tokens_per_s > 0 and res.mfu is not None and 0 < res.mfu < 1
+    assert res.tokens_per_s > 0 and res.mfu is None and res.flops is None  # no peak_flops: no MFU meter
     assert set(res.history[0]) >= {"step", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s", "mfu"}
 
 
@@ -252,6 +278,87 @@ def test_resume_is_bit_identical_array_data(tmp_path):
         assert torch.equal(a, b), n
 
 
+def test_mfu_is_computed_from_totals():
+    m, data = _gpt(), _token_data(block=8)
+    res = train(m, data, _cfg(max_steps=5, batch_size=4, grad_accum=2), peak_flops=1e12)
+    tokens = 5 * 2 * 4 * 8  # steps x micro-batches x rows x positions
+    assert res.flops == pytest.approx(m.flops_per_token(8) * tokens)
+    assert res.mfu == pytest.approx(res.flops / res.train_seconds / 1e12)
+    # the step records use the same definition: their seconds add up to the total
+    step_seconds = [2 * 4 * 8 / h["tokens_per_s"] for h in res.history]
+    assert sum(step_seconds) == pytest.approx(res.train_seconds, rel=1e-6)
+    assert sum(h["mfu"] * t for h, t in zip(res.history, step_seconds)) * 1e12 == pytest.approx(res.flops)
+    assert res.train_seconds < res.seconds  # evaluation is not counted as training time
+
+
+def test_mfu_needs_a_peak_and_a_flop_count(monkeypatch):
+    for bad in (-1.0, 0, float("nan"), "fast", True):
+        with pytest.raises(ValueError, match="peak_flops"):
+            train(_gpt(), _token_data(), _cfg(max_steps=1, warmup_steps=0), peak_flops=bad)
+    data = ArrayData(torch.randn(8, 3), torch.randn(8, 1), torch.randn(4, 3), torch.randn(4, 1))
+    with pytest.raises(ValueError, match="flops_per_token"):
+        train(nn.Linear(3, 1), data, _cfg(max_steps=1, warmup_steps=0, loss_fn=F.mse_loss), peak_flops=1e12)
+    assert resolve_peak_flops(None, "cpu", "fp32") is None
+    assert resolve_peak_flops(2e12, "cpu", "fp32") == 2e12
+    # "auto" passes on what bmlib.hw raises (an unknown device) instead of dropping the meter
+    from bmlib import hw
+
+    def unknown():
+        raise ValueError("unknown device 'Mystery CPU'")
+
+    monkeypatch.setattr(hw, "current", unknown)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="unknown device"):
+            train(_gpt(), _token_data(), _cfg(max_steps=1, warmup_steps=0), peak_flops="auto")
+
+
+# ---------------------------------------------------------------- resume refuses another run's config
+
+
+def _interrupted(tmp_path, **kw):
+    cfg = _cfg(max_steps=8, checkpoint_dir=str(tmp_path), **kw)
+    train(_gpt(0), _token_data(), cfg, callbacks=[_stop_at(3)])
+    return cfg
+
+
+@pytest.mark.parametrize("change", [dict(lr=2e-2), dict(batch_size=2), dict(seed=1), dict(max_steps=10),
+                                    dict(grad_accum=2), dict(warmup_steps=1), dict(weight_decay=0.0),
+                                    dict(lr=2e-2, seed=4)])
+def test_resume_refuses_a_changed_config(tmp_path, change):
+    cfg = _interrupted(tmp_path)
+    new = dataclasses.replace(cfg, **change)
+    m = _gpt(7)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="differs from the config") as e:
+        train(m, _token_data(), new, resume_from=tmp_path)
+    for name in change:  # the message names each changed field with both values
+        assert f"{name}: {getattr(cfg, name)!r} -> {getattr(new, name)!r}" in str(e.value)
+    assert str(tuple(change)) in str(e.value)  # and says how to resume anyway
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # refused before loading
+    res = train(m, _token_data(), new, resume_from=tmp_path, allow_changes=tuple(change))
+    assert res.steps == new.max_steps and res.history[0]["lr"] == lr_at(0, cfg)  # the saved history is kept
+
+
+def test_resume_allows_fields_that_do_not_change_the_run(tmp_path):
+    cfg = _interrupted(tmp_path)
+    new = dataclasses.replace(cfg, progress=True, checkpoint_interval=2, keep_checkpoints=3,
+                              checkpoint_dir=tmp_path)  # a Path instead of the same folder as a str
+    assert set(RESUME_FREE) == {"progress", "checkpoint_dir", "checkpoint_interval", "keep_checkpoints"}
+    assert config_changes(cfg.to_dict(), new) == {}
+    assert train(_gpt(7), _token_data(), new, resume_from=tmp_path).steps == 8
+    with pytest.raises(ValueError, match="allow_changes"):
+        config_changes(cfg.to_dict(), new, allow_changes=("learning_rate",))
+
+
+def test_resume_from_a_checkpoint_not_written_by_train(tmp_path):
+    m = _gpt(0)
+    ckpt.save(tmp_path / "plain", m, torch.optim.AdamW(m.parameters()), step=2)
+    with pytest.raises(ValueError, match="not a checkpoint written by bmlib.train"):
+        train(_gpt(1), _token_data(), _cfg(), resume_from=tmp_path / "plain")
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+        train(_gpt(1), _token_data(), _cfg(), resume_from=tmp_path / "nowhere")
+
+
 # ---------------------------------------------------------------- divergence
 
 
@@ -302,11 +409,13 @@ def test_exploding_loss_stops():
 
 def test_measure_train_step_cpu():
     m = _gpt()
-    r = measure_train_step(m, batch_size=2, seq_len=8, dtype="fp32", warmup_s=0.0, budget_s=0.05,
-                           min_reps=2, max_reps=3)
-    assert r["tokens_per_s"] == pytest.approx(2 * 8 / (r["step_ms"] / 1e3))
-    assert r["flops_per_step"] == pytest.approx(m.flops_per_token(8) * 16)
-    assert 0 < r["mfu"] < 1 and r["reps"] >= 2
+    kw = dict(dtype="fp32", warmup_s=0.0, budget_s=0.05, min_reps=2, max_reps=3)
+    r = measure_train_step(m, batch_size=2, seq_len=8, peak_flops=1e12, **kw)
+    assert r["flops_per_step"] == pytest.approx(m.flops_per_token(8) * 16)  # batch x seq_len tokens
+    assert r["reps"] >= 2 and r["peak_tflops"] == 1.0
+    assert r["mfu"] == pytest.approx(r["tflops"] / 1.0)  # MFU and TFLOP/s from the same median
+    none = measure_train_step(m, batch_size=2, seq_len=8, peak_flops=None, **kw)
+    assert none["mfu"] is None and none["peak_tflops"] is None
     with pytest.raises(ValueError, match="seq_len"):
         measure_train_step(m, batch_size=2, seq_len=17)
     with pytest.raises(ValueError, match="dtype"):

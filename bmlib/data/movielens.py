@@ -15,7 +15,7 @@ Ids are remapped to dense ranges: users ``0..U-1``, items ``1..I`` (``0`` is pad
   never interacted with, sampled uniformly with a seed (the target is column 0); or full ranking
   over all items with the user's history excluded (``n_negatives=None``).
 * :func:`pad_left`, :func:`sequence_arrays`, :func:`interaction_pairs` — arrays for the training
-  loop's :class:`bmlib.train.ArrayData`.
+  loop's :class:`bmlib.data.arrays.ArrayData`.
 """
 from __future__ import annotations
 

@@ -307,3 +307,45 @@ def save_pretrained(model, folder, tokenizer=None):
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------------------- the training protocol
+class HFCausalLM(torch.nn.Module):
+    """A Hugging Face causal LM (e.g. ``GPT2LMHeadModel``) behind the book's ``model(x, y) ->
+    (logits, loss)`` protocol, with the same loss (mean next-token cross-entropy in fp32 over
+    pre-shifted targets) and the same FLOP count as :meth:`bmlib.models.gpt.GPT.flops_per_token`."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+        c = hf.config
+        self.n_layer, self.n_embd = c.n_layer, c.n_embd
+        self.vocab_size, self.block_size = c.vocab_size, c.n_positions
+
+    def forward(self, x, y=None):
+        logits = self.hf(input_ids=x).logits  # (B, T, V)
+        loss = None
+        if y is not None:
+            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1),
+                                                     ignore_index=-100)
+        return logits, loss
+
+    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+        from .. import flops
+
+        emb = self.hf.transformer.wte.weight.numel() + self.hf.transformer.wpe.weight.numel()
+        N = flops.gpt_matmul_params(self.n_layer, self.n_embd, self.vocab_size,
+                                    sum(p.numel() for p in self.hf.parameters()) - emb)
+        return flops.transformer_flops_per_token(N, self.n_layer, seq_len, self.n_embd, training=training)
+
+
+def as_protocol_model(model):
+    """``model`` if it follows the book's protocol (a module with ``flops_per_token``), a Hugging Face
+    ``GPT2LMHeadModel`` wrapped in :class:`HFCausalLM`, else a TypeError."""
+    if isinstance(model, torch.nn.Module) and hasattr(model, "flops_per_token"):
+        return model
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "model_type", None) == "gpt2":
+        return HFCausalLM(model)
+    raise TypeError(f"model must be a bmlib GPT-like module with flops_per_token or a Hugging Face "
+                    f"GPT2LMHeadModel, got {type(model).__name__}")
