@@ -45,15 +45,12 @@ def write_json(path, obj) -> Path:
 
 
 def _json_default(o):
-    try:
-        import numpy as np
+    import numpy as np  # a dependency of the book (requirements.txt): no guard
 
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
     if hasattr(o, "item"):
         return o.item()
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
