@@ -134,6 +134,11 @@ def _step(rank, world_size, strategy, cfg, idx, targets, seed):
 
         model = DDP(model, device_ids=[rank] if dev.type == "cuda" else None)  # broadcasts rank 0's weights
         local_numel = full_numel  # every rank holds a full replica
+    elif strategy == "dataparallel":
+        # nn.DataParallel is single-process: it splits a batch over the GPUs *of this process* (on a
+        # CPU it just calls the module) and never touches the process group: no gradient all-reduce.
+        model = torch.nn.DataParallel(model, device_ids=[rank] if dev.type == "cuda" else None)
+        local_numel = full_numel
     else:
         from torch.distributed.fsdp import fully_shard
 
@@ -159,18 +164,23 @@ def _steps(rank, world_size, strategies, cfg, idx, targets, seed):
     return {s: _step(rank, world_size, s, cfg, idx, targets, seed) for s in strategies}
 
 
-PARALLEL = ("ddp", "fsdp")
+#: ``"dataparallel"`` is the mistake some articles make (``nn.DataParallel`` after
+#: ``init_process_group``): each rank then trains on its own slice with no communication at all.
+PARALLEL = ("ddp", "fsdp", "dataparallel")
 
 
 def parallel_gradients(cfg, idx, targets, strategies=PARALLEL, world_size: int = 2,
                        backend: str | None = None, seed: int = 0) -> dict:
     """One training step of ``GPT(cfg)`` (seeded) on ``world_size`` ranks for each strategy:
-    ``"ddp"`` (``DistributedDataParallel``) and/or ``"fsdp"`` (FSDP2, ``fully_shard`` per block).
+    ``"ddp"`` (``DistributedDataParallel``), ``"fsdp"`` (FSDP2, ``fully_shard`` per block) and/or
+    ``"dataparallel"`` (``nn.DataParallel`` inside the process group: no all-reduce, so each rank's
+    gradient is only its own slice's -- shown for contrast).
     Rank ``r`` computes the mean loss on rows ``[r·B/W, (r+1)·B/W)`` of the global batch.
 
     Returns ``{strategy: [per-rank {"grads": {name: full gradient}, "local_numel": parameters the
     rank stores, "full_numel": parameters of the model}]}``; all strategies share one launch (process
-    start-up dominates at this size). The gradients equal :func:`reference_gradients` up to rounding.
+    start-up dominates at this size). The DDP and FSDP gradients equal :func:`reference_gradients` up to
+    rounding; the ``"dataparallel"`` ones equal the reference gradients of each rank's own slice.
     """
     backend = _check_world(world_size, backend)
     _check_batch(cfg, idx, targets, world_size)

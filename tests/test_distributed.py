@@ -42,6 +42,17 @@ def test_fsdp_gradients_equal_single_process_and_shard_params():
     assert sum(r["local_numel"] for r in ranks) == pytest.approx(ranks[0]["full_numel"], rel=0.01)
 
 
+def test_dataparallel_in_a_process_group_does_not_communicate():
+    idx, tgt = _batch()
+    out = D.parallel_gradients(CFG, idx, tgt, ("dataparallel",), world_size=2, backend="gloo", seed=0)
+    ranks = [r["grads"] for r in out["dataparallel"]]
+    for r, g in enumerate(ranks):  # each rank holds only the gradient of its own half of the batch
+        own = D.reference_gradients(CFG, idx[2 * r:2 * r + 2], tgt[2 * r:2 * r + 2], seed=0)
+        assert D.max_abs_diff(g, own) < 1e-6
+    assert D.max_abs_diff(ranks[0], ranks[1]) > 1e-4  # the replicas would drift apart
+    assert D.max_abs_diff(ranks[0], D.reference_gradients(CFG, idx, tgt, seed=0)) > 1e-4
+
+
 def test_distributed_bad_arguments():
     idx, tgt = _batch(B=3)
     with pytest.raises(ValueError, match="world_size"):
