@@ -13,8 +13,8 @@ PyTorch's own fast path beside it where one exists (``torch.ao`` dynamic int8 on
 from ._common import linear_layers
 from .distill import Distiller, distillation_loss
 from .lowrank import LoRALinear, LowRankLinear, add_lora, low_rank_error, merge_lora, svd_factorize
-from .prune import (PrunedSelfAttention, head_scores, magnitude_mask, mask_2to4, mlp_neuron_scores,
-                    prune_heads, prune_magnitude, prune_mlp_neurons, sparsity_of, to_sparse_24)
+from .prune import (head_scores, magnitude_mask, mask_2to4, mlp_neuron_scores, prune_heads, prune_magnitude,
+                    prune_mlp_neurons, sparsity_of, to_sparse_24)
 from .quant import (BITS, GRANULARITIES, QuantEmbedding, QuantizedTensor, QuantLinear, dequantize,
                     dynamic_int8, fake_quantize, layer_quant_errors, pack_int4, qrange, quant_error,
                     quantize, quantize_embeddings, quantize_model, torchao_available, torchao_quantize,
@@ -27,7 +27,7 @@ __all__ = [
     "quantize_model", "layer_quant_errors", "dynamic_int8", "torchao_available", "torchao_quantize",
     "linear_layers",
     "magnitude_mask", "prune_magnitude", "sparsity_of", "mask_2to4", "to_sparse_24", "mlp_neuron_scores",
-    "head_scores", "prune_mlp_neurons", "PrunedSelfAttention", "prune_heads",
+    "head_scores", "prune_mlp_neurons", "prune_heads",
     "distillation_loss", "Distiller",
     "LowRankLinear", "svd_factorize", "low_rank_error", "LoRALinear", "add_lora", "merge_lora",
     "count_parameters", "memory_bytes", "disk_bytes", "pareto_front",

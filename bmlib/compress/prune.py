@@ -155,38 +155,16 @@ def prune_mlp_neurons(model: nn.Module, keep: float, scores: dict | None = None)
     return new, kept
 
 
-class PrunedSelfAttention(nn.Module):
-    """Causal self-attention with ``n_head`` heads of size ``head_dim`` whose total (n_head*head_dim)
-    may be smaller than the residual width: what remains of a GPT attention after head pruning.
-    Same call signature as the GPT's attention (no KV cache: the cache is sized for the full model)."""
-
-    def __init__(self, c_attn: nn.Linear, c_proj: nn.Linear, n_head: int, head_dim: int,
-                 attn_impl: str = "sdpa"):
-        super().__init__()
-        self.c_attn, self.c_proj = c_attn, c_proj
-        self.n_head, self.head_dim, self.attn_impl = n_head, head_dim, attn_impl
-
-    def forward(self, x, kv_cache=None, layer: int = 0, mask=None):
-        from ..attention import attention
-
-        if kv_cache is not None:
-            raise ValueError("kv_cache is not supported after head pruning (pass kv_cache=None)")
-        B, T, _ = x.shape
-        nh, hs = self.n_head, self.head_dim
-        q, k, v = self.c_attn(x).split(nh * hs, dim=2)  # 3 x (B, T, nh*hs)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        y = attention(q, k, v, causal=True, mask=mask, impl=self.attn_impl)
-        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, nh*hs)
-        return self.c_proj(y)
-
-
 def prune_heads(model: nn.Module, keep: float, scores: dict | None = None) -> tuple:
     """Structured pruning of a GPT's attention heads: returns ``(smaller model, {layer: kept heads})``.
 
     Block i keeps the ``round(keep * n_head)`` highest-scoring heads (``scores[i]``, default
-    :func:`head_scores`): their q, k, v rows of ``c_attn`` and their columns of ``c_proj``."""
+    :func:`head_scores`): their q, k, v rows of ``c_attn`` and their columns of ``c_proj``, in the
+    model's own :class:`bmlib.models.gpt.CausalSelfAttention` built with fewer heads (so the
+    pruned model computes attention exactly as the full one; a KV cache, sized for every head, is
+    refused)."""
+    from ..models.gpt import CausalSelfAttention
+
     cfg = model.config
     nh, hs, C = cfg.n_head, cfg.head_dim, cfg.n_embd
     new = copy.deepcopy(model)
@@ -198,7 +176,8 @@ def prune_heads(model: nn.Module, keep: float, scores: dict | None = None) -> tu
         kept[i] = heads
         cols = (heads[:, None] * hs + torch.arange(hs)).flatten()  # inner indices of kept heads
         rows = torch.cat([cols, C + cols, 2 * C + cols])  # q, k, v rows
-        block.attn = PrunedSelfAttention(_sliced_linear(attn.c_attn, rows=rows),
-                                         _sliced_linear(attn.c_proj, cols=cols), len(heads), hs,
-                                         cfg.attn_impl)
+        pruned = CausalSelfAttention(cfg, n_head=len(heads))
+        pruned.c_attn = _sliced_linear(attn.c_attn, rows=rows)
+        pruned.c_proj = _sliced_linear(attn.c_proj, cols=cols)
+        block.attn = pruned.train(attn.training)
     return new, kept

@@ -56,16 +56,28 @@ PRESETS = {
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    """Causal multi-head self-attention with ``n_head`` heads of ``cfg.head_dim`` (default
+    ``cfg.n_head``; head pruning keeps fewer, so the inner width ``n_head * head_dim`` may be below
+    ``n_embd``: see :func:`bmlib.compress.prune.prune_heads`)."""
+
+    def __init__(self, cfg: GPTConfig, n_head: int | None = None):
         super().__init__()
         self.cfg = cfg
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.n_head = cfg.n_head if n_head is None else n_head
+        if isinstance(self.n_head, bool) or not (isinstance(self.n_head, int) and 1 <= self.n_head <= cfg.n_head):
+            raise ValueError(f"n_head must be an int in [1, cfg.n_head={cfg.n_head}], got {n_head!r}")
+        inner = self.n_head * cfg.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * inner, bias=cfg.bias)
+        self.c_proj = nn.Linear(inner, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, kv_cache=None, layer: int = 0, mask=None):
-        B, T, C = x.shape
-        nh, hs = self.cfg.n_head, self.cfg.head_dim
+        B, T, _ = x.shape
+        nh, hs = self.n_head, self.cfg.head_dim
+        if kv_cache is not None and nh != self.cfg.n_head:
+            raise ValueError(f"kv_cache is sized for {self.cfg.n_head} heads, this attention has {nh} "
+                             "(pruned heads): pass kv_cache=None")
+        C = nh * hs  # the inner width (n_embd unless heads were pruned)
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
