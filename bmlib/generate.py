@@ -16,6 +16,7 @@ Nothing here picks a device or dtype silently: the model's parameters decide bot
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -116,12 +117,11 @@ def left_pad(seqs, pad_id: int = 0, device=None):
         raise ValueError("seqs must be a non-empty list of token-id lists")
     if isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0:
         raise ValueError(f"pad_id must be an int >= 0, got {pad_id!r}")
+    seqs = [s.tolist() if hasattr(s, "tolist") else s for s in seqs]  # tensors, numpy arrays
     for b, s in enumerate(seqs):
-        if isinstance(s, torch.Tensor):
-            s = s.tolist()
         if isinstance(s, (str, bytes)) or not hasattr(s, "__len__"):
             raise TypeError(f"seqs[{b}] must be a list of token ids, got {type(s).__name__}")
-        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in s):
+        if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) and t >= 0 for t in s):
             raise ValueError(f"seqs[{b}] must hold int token ids >= 0, got {list(s)[:8]}")
     if any(len(s) < 1 for s in seqs):
         raise ValueError(f"every sequence in seqs needs >= 1 token, got lengths {[len(s) for s in seqs]}")
@@ -129,8 +129,7 @@ def left_pad(seqs, pad_id: int = 0, device=None):
     idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     am = torch.zeros((len(seqs), T), dtype=torch.bool)
     for b, s in enumerate(seqs):
-        idx[b, T - len(s):] = torch.as_tensor(s.tolist() if isinstance(s, torch.Tensor) else list(s),
-                                              dtype=torch.long)
+        idx[b, T - len(s):] = torch.as_tensor([int(t) for t in s], dtype=torch.long)
         am[b, T - len(s):] = True
     return idx.to(device), am.to(device)
 
