@@ -172,3 +172,18 @@ def test_config_space_shapes_and_count(L, nh, hs, V, Tmax, B, data):
     idx2[:, -1] = (idx2[:, -1] + 1) % V
     with torch.no_grad():
         torch.testing.assert_close(model(idx2)[0][:, :-1], logits[:, :-1])
+
+
+def test_config_type_checks_reach_subclasses():
+    """check_types runs before every PresetConfig's own __post_init__, subclasses included."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Wider(GPTConfig):
+        extra: int = 1
+
+    with pytest.raises(ValueError, match="layer_norm_eps"):
+        Wider(layer_norm_eps=-1.0)  # the parent's range checks still run
+    with pytest.raises(TypeError, match="extra must be of type int"):
+        Wider(extra="a")
+    assert Wider(extra=2).extra == 2

@@ -61,14 +61,15 @@ _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), 
 def check_types(cfg) -> None:
     """Every field annotated ``int``/``float``/``bool``/``str``/``tuple`` must hold that type."""
     for f in dataclasses.fields(cfg):
-        want = _TYPES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        want = _TYPES.get(t)
         if want is None:
             continue
         v = getattr(cfg, f.name)
-        ok = isinstance(v, want) and (f.type == "bool" or not isinstance(v, bool))
+        ok = isinstance(v, want) and (t == "bool" or not isinstance(v, bool))
         if not ok:
-            raise TypeError(f"{f.name} must be of type {f.type}, got {type(v).__name__} {v!r}")
-        if f.type == "float" and not math.isfinite(v):
+            raise TypeError(f"{f.name} must be of type {t}, got {type(v).__name__} {v!r}")
+        if t == "float" and not math.isfinite(v):
             raise ValueError(f"{f.name} must be a finite number, got {v!r}")
 
 
@@ -111,6 +112,8 @@ class PresetConfig:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         own = cls.__dict__.get("__post_init__")
+        if own is None and any("__post_init__" in vars(b) for b in cls.__mro__[1:-1]):
+            return  # the inherited __post_init__ is already wrapped
 
         @functools.wraps(own or (lambda self: None))
         def __post_init__(self):
