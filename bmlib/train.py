@@ -365,20 +365,21 @@ class _Run:
         model is touched) a checkpoint whose config differs from ``cfg`` in a field that changes the run."""
         from . import checkpoint as ckpt
 
-        ex = ckpt.read_state(path)["extra"]
+        saved = ckpt.read_state(path)
+        ex = saved["extra"]
         missing = [k for k in _RESUME_KEYS if k not in ex]
         if missing:
             raise ValueError(f"resume_from={str(path)!r} lacks {missing}: not a checkpoint written by bmlib.train")
         changed = config_changes(ex["config"], self.cfg, allow_changes)
         if changed:
-            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changed.items()))
+            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
             raise ValueError(f"cfg differs from the config of checkpoint {str(path)!r} ({what}); resuming would not "
                              f"continue the same run. Pass allow_changes={tuple(changed)} to resume anyway")
         if ex["data"] is not None and not callable(getattr(self.data, "load_state_dict", None)):
             raise ValueError(f"the checkpoint holds a data state but {type(self.data).__name__} has no load_state_dict")
+        if saved["step"] > self.cfg.max_steps:
+            raise ValueError(f"checkpoint is at step {saved['step']}, beyond cfg.max_steps={self.cfg.max_steps}")
         state = ckpt.load(path, self.model, self.opt)
-        if state["step"] > self.cfg.max_steps:
-            raise ValueError(f"checkpoint is at step {state['step']}, beyond cfg.max_steps={self.cfg.max_steps}")
         self.step, self.last_ckpt = state["step"], state["path"]
         self.gen.set_state(ex["generator"])
         if ex["data"] is not None:

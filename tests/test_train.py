@@ -350,6 +350,16 @@ def test_resume_allows_fields_that_do_not_change_the_run(tmp_path):
         config_changes(cfg.to_dict(), new, allow_changes=("learning_rate",))
 
 
+def test_resume_beyond_max_steps_refused_before_loading(tmp_path):
+    cfg = _interrupted(tmp_path)  # a checkpoint at step 3
+    m = _gpt(7)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="step 3, beyond cfg.max_steps=2"):
+        train(m, _token_data(), dataclasses.replace(cfg, max_steps=2), resume_from=tmp_path,
+              allow_changes=("max_steps",))
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
 def test_resume_from_a_checkpoint_not_written_by_train(tmp_path):
     m = _gpt(0)
     ckpt.save(tmp_path / "plain", m, torch.optim.AdamW(m.parameters()), step=2)
