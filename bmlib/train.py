@@ -281,9 +281,10 @@ def _model_device(model):
 
 def resolve_peak_flops(peak_flops, device, dtype: str) -> float | None:
     """The peak FLOP/s that MFU divides by. ``peak_flops`` is a positive number (a datasheet or a
-    measured peak: say which in the text), ``None`` (no MFU), or ``"auto"``: :mod:`bmlib.hw`'s entry
-    for ``device`` and ``dtype``. ``"auto"`` raises whatever :mod:`bmlib.hw` raises (an unknown device,
-    a dtype without a peak): pass the number instead."""
+    measured peak: say which in the text), ``None`` (no MFU), or ``"auto"``: on a CUDA device the
+    datasheet entry of :func:`bmlib.hw.lookup` for its exact name and memory (raising, as ``lookup``
+    does, for a GPU the table does not know: pass the number instead); on a CPU ``None``, as
+    :func:`bmlib.hw.current` says: no datasheet peak a reader can trust (pass a measured one)."""
     if peak_flops is None:
         return None
     if isinstance(peak_flops, str):
@@ -292,12 +293,11 @@ def resolve_peak_flops(peak_flops, device, dtype: str) -> float | None:
         from . import hw
 
         dev = torch.device(device)
-        if dev.type == "cuda":
-            return hw.lookup(torch.cuda.get_device_name(dev)).peak_flops(dtype)
-        if torch.cuda.is_available():
-            raise ValueError("peak_flops='auto' for a CPU device on a GPU machine: bmlib.hw.current() "
-                             "describes the GPU; pass peak_flops=<FLOP/s> or None")
-        return hw.current().peak_flops(dtype)
+        if dev.type != "cuda":
+            return None
+        i = dev.index if dev.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(i)
+        return hw.lookup(torch.cuda.get_device_name(i), int(props.total_memory)).peak_flops(dtype)
     if not (_is_number(peak_flops) and peak_flops > 0):
         raise ValueError(f"peak_flops must be a positive number, None or 'auto', got {peak_flops!r}")
     return float(peak_flops)
