@@ -67,21 +67,29 @@ case("TabularConfig(n_outputs=1)", ValueError, "n_outputs", lambda: tabular.Tabu
 case("TabularConfig(ffn_mult=inf)", ValueError, "ffn_mult", lambda: tabular.TabularConfig(ffn_mult=INF))
 
 # ============================================================================ models
-torch.manual_seed(0)
-_GPT_CFG = gpt.GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)
-_GPT = gpt.GPT(_GPT_CFG).eval()
-_BERT_CFG = bert.BertConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16,
-                            intermediate_size=32, num_labels=3)
-_BERT = bert.BERT(_BERT_CFG).eval()
-_BERTC = bert.BertClassifier(_BERT_CFG).eval()
-_VIT = vit.ViT(vit.ViTConfig(n_layer=1, n_head=2, n_embd=16, mlp_ratio=2)).eval()
-_CNN = cnn.SmallCNN(cnn.CNNConfig(channels=(4, 8))).eval()
-_MF = mf.MF(mf.MFConfig(n_users=5, n_items=7, dim=4))
-_SAS = sasrec.SASRec(sasrec.SASRecConfig(n_items=7, max_len=8, n_embd=16, n_head=2)).eval()
-_TAB = tabular.TabularTransformer(tabular.TabularConfig(n_features=3, d_token=8, n_head=2, n_layer=1)).eval()
-_TS = timeseries.TimeSeriesTransformer(timeseries.TimeSeriesConfig(block_size=8, n_embd=8, n_head=2,
-                                                                    n_layer=1)).eval()
-_TXT = classifier.TextClassifier(bert.BertModel(_BERT_CFG), hidden_size=16, num_labels=2, pad_id=0).eval()
+def _fixtures():
+    """Tiny models, built under a forked RNG so that importing this file leaves the global
+    generator as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        _GPT_CFG = gpt.GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)
+        _BERT_CFG = bert.BertConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                                    intermediate_size=32, num_labels=3)
+        return (_GPT_CFG, gpt.GPT(_GPT_CFG).eval(), _BERT_CFG, bert.BERT(_BERT_CFG).eval(),
+                bert.BertClassifier(_BERT_CFG).eval(),
+                vit.ViT(vit.ViTConfig(n_layer=1, n_head=2, n_embd=16, mlp_ratio=2)).eval(),
+                cnn.SmallCNN(cnn.CNNConfig(channels=(4, 8))).eval(),
+                mf.MF(mf.MFConfig(n_users=5, n_items=7, dim=4)),
+                sasrec.SASRec(sasrec.SASRecConfig(n_items=7, max_len=8, n_embd=16, n_head=2)).eval(),
+                tabular.TabularTransformer(tabular.TabularConfig(n_features=3, d_token=8, n_head=2,
+                                                                 n_layer=1)).eval(),
+                timeseries.TimeSeriesTransformer(timeseries.TimeSeriesConfig(block_size=8, n_embd=8,
+                                                                             n_head=2, n_layer=1)).eval(),
+                classifier.TextClassifier(bert.BertModel(_BERT_CFG), hidden_size=16, num_labels=2,
+                                          pad_id=0).eval())
+
+
+(_GPT_CFG, _GPT, _BERT_CFG, _BERT, _BERTC, _VIT, _CNN, _MF, _SAS, _TAB, _TS, _TXT) = _fixtures()
 ids = torch.tensor([[1, 2, 3]])
 
 for label, cls, cfg in [("GPT", gpt.GPT, {"n_layer": 2}), ("BERT", bert.BERT, _GPT_CFG),
@@ -175,7 +183,8 @@ case("TextClassifier(ids=vocab)", ValueError, "ids", lambda: _TXT(torch.tensor([
 case("TextClassifier(labels=2)", ValueError, "labels", lambda: _TXT(ids, torch.tensor([2])))
 
 # ============================================================================ attention
-q = torch.randn(1, 2, 4, 8)
+_G = torch.Generator().manual_seed(0)  # module-level tensors leave the global RNG alone
+q = torch.randn(1, 2, 4, 8, generator=_G)
 case("attention(impl='flash9')", ValueError, "impl", lambda: A.attention(q, q, q, impl="flash9"))
 case("attention(q list)", TypeError, "q", lambda: A.attention([1.0], q, q))
 case("attention(q 3-D)", ValueError, "q", lambda: A.attention(q[0], q, q))
@@ -215,7 +224,7 @@ case("mha_params(d_model=0)", ValueError, "d_model", lambda: A.mha_params(0, 1))
 case("peak_live_bytes(3)", TypeError, "fn", lambda: A.peak_live_bytes(3))
 
 # ============================================================================ generate
-lg = torch.randn(2, 5)
+lg = torch.randn(2, 5, generator=_G)
 case("sample_next(NaN logits)", ValueError, "logits", lambda: G.sample_next(torch.tensor([[0.0, NAN]])))
 case("sample_next(NaN logits, greedy)", ValueError, "logits", lambda: G.sample_next(torch.tensor([[0.0, NAN]]), temperature=0))
 case("sample_next(all -inf row)", ValueError, "logits", lambda: G.sample_next(torch.tensor([[-INF, -INF]])))
@@ -309,7 +318,7 @@ case("hit_rate_at_k(k=0)", ValueError, "k", lambda: metrics.hit_rate_at_k(np.zer
 case("ndcg_at_k(k=1.5)", ValueError, "k", lambda: metrics.ndcg_at_k(np.zeros((1, 2)), [0], 1.5))
 
 # ============================================================================ foundations
-x2 = torch.randn(3, 4, dtype=torch.float64)
+x2 = torch.randn(3, 4, dtype=torch.float64, generator=_G)
 case("sigmoid(list)", TypeError, "z", lambda: foundations.sigmoid([1.0]))
 case("sigmoid(int tensor)", TypeError, "z", lambda: foundations.sigmoid(torch.tensor([1])))
 case("logsumexp(list)", TypeError, "x", lambda: foundations.logsumexp([1.0]))
