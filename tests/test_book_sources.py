@@ -176,3 +176,47 @@ def test_clean_pages_pass():
 def test_committed_pages_are_clean(path):
     bad = page_problems(nbformat.read(path, as_version=4))
     assert not bad, f"{path.name}:\n  " + "\n  ".join(bad)
+
+
+# ============================================================================ the reference GPU run section
+_SHOW = re.compile(r"show_reference_run\(\s*[\"']([a-z0-9_\-]+)[\"']")
+_SAVE = re.compile(r"\bsave\(\s*[\"']([a-z0-9_\-]+)[\"']")  # results.save(...) or save(...)
+
+
+def reference_section_problems(nb) -> list[str]:
+    """Every chapter ends with "## Reference GPU run" and a code cell calling
+    ``show_reference_run("<name>")`` for the name its ``results.save`` writes."""
+    cells = [c for c in nb.cells if c.source.strip()]
+    heads = [k for k, c in enumerate(cells) if c.cell_type == "markdown"
+             and re.search(r"^##\s+Reference GPU run\s*$", c.source, flags=re.M)]
+    if not heads:
+        return ["no '## Reference GPU run' section"]
+    tail = cells[heads[-1]:]
+    if any(c.cell_type == "markdown" and re.search(r"^#{1,2}\s", c.source, flags=re.M) for c in tail[1:]):
+        return ["'## Reference GPU run' is not the last section"]
+    shown = [m for c in tail if c.cell_type == "code" for m in _SHOW.findall(c.source)]
+    if not shown:
+        return ["the Reference GPU run section does not call show_reference_run(\"<chapter>\")"]
+    saved = {m for c in nb.cells if c.cell_type == "code" for m in _SAVE.findall(c.source)}
+    return [f"show_reference_run({s!r}) but the chapter saves {sorted(saved)}" for s in shown if s not in saved]
+
+
+def test_reference_section_rule():
+    good = _nb([('results.save("demo", figures=f)', [], None)])
+    good.cells.append(nbformat.v4.new_markdown_cell("## Reference GPU run\n\nThe GPU figures."))
+    good.cells.append(nbformat.v4.new_code_cell('from bmlib.results import show_reference_run\n'
+                                                'show_reference_run("demo")'))
+    assert reference_section_problems(good) == []
+    wrong = nbformat.from_dict(nbformat.v4.new_notebook(cells=list(good.cells)))
+    wrong.cells[-1] = nbformat.v4.new_code_cell('show_reference_run("other")')
+    assert "saves" in reference_section_problems(wrong)[0]
+    late = nbformat.from_dict(nbformat.v4.new_notebook(cells=list(good.cells)))
+    late.cells.append(nbformat.v4.new_markdown_cell("## Afterword"))
+    assert "not the last" in reference_section_problems(late)[0]
+    assert "no '## Reference GPU run'" in reference_section_problems(_nb([("x = 1", [], None)]))[0]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_chapter_ends_with_its_reference_gpu_run(path):
+    bad = reference_section_problems(nbformat.read(path, as_version=4))
+    assert not bad, f"{path.name}: {bad}"
