@@ -23,7 +23,7 @@ from bmlib import attention as A
 from bmlib import env, foundations, io, metrics, results, text
 from bmlib import generate as G
 from bmlib.data import arrays, corpus, digits, finance, medical, movielens, reviews, store, tokenizer, tokens
-from bmlib.models import bert, classifier, cnn, gpt, mf, sasrec, tabular, timeseries, vit
+from bmlib.models import bert, classifier, cnn, gpt, hf, mf, minilm, sasrec, tabular, timeseries, vit
 
 NAN, INF = float("nan"), float("inf")
 CASES: list[tuple[str, object, type, str]] = []  # (label, thunk, expected exception, name in message)
@@ -181,6 +181,19 @@ case("TextClassifier(num_labels=1)", ValueError, "num_labels",
 case("TextClassifier(ids float)", TypeError, "ids", lambda: _TXT(torch.tensor([[1.0, 2.0]])))
 case("TextClassifier(ids=vocab)", ValueError, "ids", lambda: _TXT(torch.tensor([[1, 50]])))
 case("TextClassifier(labels=2)", ValueError, "labels", lambda: _TXT(ids, torch.tensor([2])))
+
+case("gpt_to_hf(bias=False)", ValueError, "bias",
+     lambda: hf.gpt_to_hf(gpt.GPT(gpt.GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=4, bias=False))))
+case("gpt_from_hf(BERT)", TypeError, "hf", lambda: hf.gpt_from_hf(_BERT))
+case("bert_to_hf(GPT)", TypeError, "model", lambda: hf.bert_to_hf(_GPT))
+case("bert_from_hf(GPT)", TypeError, "hf", lambda: hf.bert_from_hf(_GPT))
+case("save_pretrained(Linear)", TypeError, "model", lambda: hf.save_pretrained(torch.nn.Linear(2, 2), "/tmp/x"))
+case("minilm.verify(path=file)", ValueError, "path", lambda: minilm.verify(__file__))
+case("minilm.mean_pool(mask shape)", ValueError, "attention_mask",
+     lambda: minilm.mean_pool(torch.zeros(2, 3, 4), torch.ones(2, 2)))
+case("minilm.embed(str)", ValueError, "texts", lambda: minilm.embed("abc", None, None))
+case("minilm.pack_states(mask shape)", ValueError, "mask",
+     lambda: minilm.pack_states(torch.zeros(2, 3, 4), torch.ones(3, 3)))
 
 # ============================================================================ attention
 _G = torch.Generator().manual_seed(0)  # module-level tensors leave the global RNG alone
