@@ -3,6 +3,7 @@
     python -m bmlib env                                   # provenance of this machine
     python -m bmlib run-notebooks [--scale cpu|full] [--timeout S] [--budget S] [--jobs N]
                                   [--rehearse] [paths ...]
+    python -m bmlib serve --model minilm-sentiment [--port 8000] [--max-batch 32]
     python -m bmlib bench [gemm|memory|attention|train|decode|all] [--quick]
 """
 from __future__ import annotations
@@ -57,6 +58,21 @@ def _cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def _cmd_serve(args) -> int:
+    from .batching import BatchConfig
+    from .servables import build
+    from .serve import check_host, serve
+
+    check_host(args.host, args.allow_remote)  # before loading any model
+    models = [build(name) for name in args.model]
+    batch = BatchConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                        max_queue=args.max_queue, timeout_s=args.timeout)
+    print(f"serving {', '.join(args.model)} on http://{args.host}:{args.port} "
+          f"(max_batch {batch.max_batch}, max_wait {batch.max_wait_ms} ms)", flush=True)
+    serve(models, args.host, args.port, allow_remote=args.allow_remote, batch=batch)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bmlib", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,9 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["gemm", "memory", "attention", "train", "decode", "all"])
     b.add_argument("--quick", action="store_true", help="a few shapes only")
     b.add_argument("--out", default=None, help="results folder (default: results/)")
+    _add_serve_parser(sub)
     return p
+
+
+def _add_serve_parser(sub) -> None:
+    from .servables import MODELS
+
+    s = sub.add_parser("serve", help="serve the book's models over HTTP (loopback by default)")
+    s.add_argument("--model", action="append", choices=MODELS, required=True,
+                   help="a model to serve (repeat for several)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    s.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host (inside a container)")
+    s.add_argument("--max-batch", type=int, default=32, help="texts per forward pass (1: no batching)")
+    s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    s.add_argument("--max-queue", type=int, default=256, help="queued requests before 429")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds before a request gets 504")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return {"env": _cmd_env, "run-notebooks": _cmd_run_notebooks, "bench": _cmd_bench}[args.cmd](args)
+    return {"env": _cmd_env, "run-notebooks": _cmd_run_notebooks, "bench": _cmd_bench,
+            "serve": _cmd_serve}[args.cmd](args)

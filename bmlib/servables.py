@@ -78,7 +78,7 @@ def _sentiment_head(tokenizer, encoder, n_train: int, seed: int) -> dict:
     return {"weight": w, "bias": b}
 
 
-def minilm_sentiment(n_train: int = 2000, seed: int = 0) -> Classifier:
+def minilm_sentiment(n_train: int = 1000, seed: int = 0) -> Classifier:
     """all-MiniLM-L6-v2 with a sentiment head fitted once (cached under ``artifacts/data``)."""
     from .data.store import cached
     from .models.minilm import PACKAGE, load_minilm

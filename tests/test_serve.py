@@ -367,3 +367,46 @@ def test_free_port_is_free():
     p = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", p))
+
+
+def test_cli_serve_starts_answers_and_stops_on_sigterm(repo_root):
+    """``python -m bmlib serve`` as a user runs it: a subprocess on a free loopback port."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    CASES.append("CLI serve + SIGTERM")
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    p = subprocess.Popen([sys.executable, "-m", "bmlib", "serve", "--model", "minilm-sentiment",
+                          "--port", str(port)], cwd=repo_root, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        t0 = time.perf_counter()
+        while True:  # the first start fits the sentiment head (cached afterwards)
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert p.poll() is None, p.stdout.read()
+                assert time.perf_counter() - t0 < 300, "the server did not start within 300 s"
+                time.sleep(0.25)
+        r = post(url, "/v1/classify", {"model": "minilm-sentiment", "texts": ["Wonderful, tasty, perfect."]})
+        assert r.status_code == 200 and r.json()["results"][0]["label"] == "great"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught, as a process should
+    assert p.returncode in (0, -signal.SIGTERM), out
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_cli_serve_refuses_a_non_loopback_host_before_loading_models():
+    from bmlib.cli import main
+
+    CASES.append("CLI non-loopback host")
+    with pytest.raises(ValueError, match="host"):
+        main(["serve", "--model", "minilm-sentiment", "--host", "0.0.0.0"])
