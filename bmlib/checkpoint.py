@@ -279,15 +279,18 @@ def load(path, model: torch.nn.Module, optimizer=None, *, restore_rng: bool = Tr
     tensors = _read_weights(path)
     state = _read_state(path)
     _check_fits(path, model, tensors)
+    before = None
     if optimizer is not None:
         _check_optimizer_fits(path, optimizer, state["optimizer"])
         before = copy.deepcopy(optimizer.state_dict())
-        try:
+    try:  # both checked above; the rollback covers what the checks cannot foresee
+        if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as e:
+        model.load_state_dict(tensors, strict=True)
+    except (ValueError, KeyError, RuntimeError) as e:
+        if before is not None:
             optimizer.load_state_dict(before)
-            raise CheckpointError(f"checkpoint {path}: the optimizer state does not fit: {e}") from e
-    model.load_state_dict(tensors, strict=True)
+        raise CheckpointError(f"checkpoint {path} does not fit this model and optimizer: {e}") from e
     if restore_rng and state.get("rng") is not None:
         set_rng_state(state["rng"])
     state["path"] = str(path)
