@@ -1,0 +1,71 @@
+"""bmlib.compress.llm: fixed-text windows, per-window NLL, the perplexity-change interval, decode speed."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bmlib import compress as C
+from bmlib.compress import llm as L
+from bmlib.models.llama import Llama, LlamaConfig
+
+
+class ByteTok:
+    def encode(self, text):
+        return [b % 512 for b in text.encode()]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return Llama(LlamaConfig.preset("tiny")).eval()
+
+
+def test_windows_are_fixed_consecutive_text():
+    a = L.fixed_text_windows(ByteTok(), 3, 16)
+    b = L.fixed_text_windows(ByteTok(), 3, 16)
+    assert a.shape == (3, 16) and torch.equal(a, b)
+    assert torch.equal(L.fixed_text_windows(ByteTok(), 1, 48).view(3, 16), a)  # windows tile one stream
+
+
+def test_window_nll_matches_cross_entropy(tiny):
+    W = L.fixed_text_windows(ByteTok(), 3, 10)
+    nll = L.window_nll(tiny, W, batch_size=2)
+    with torch.no_grad():
+        logits = tiny(W)[0]
+    for i in range(3):
+        ref = torch.nn.functional.cross_entropy(logits[i, :-1], W[i, 1:]).item()
+        assert nll[i] == pytest.approx(ref, rel=1e-5)
+    assert L.perplexity(nll) == pytest.approx(math.exp(nll.mean()))
+
+
+def test_ppl_change_ci_known_shift():
+    base = np.array([1.0, 2.0, 3.0, 4.0])
+    d, lo, hi = L.ppl_change_ci(base, base + 0.01)  # every window 0.01 nats worse: +1.005%
+    assert d == pytest.approx(100 * (math.exp(0.01) - 1)) and lo == pytest.approx(d) and hi == pytest.approx(d)
+    d, lo, hi = L.ppl_change_ci(base, base + np.array([0.1, -0.1, 0.05, -0.05]))
+    assert lo < 0 < hi and lo <= d <= hi  # changes of both signs: an interval around 0
+    with pytest.raises(ValueError, match="nll_base"):
+        L.ppl_change_ci(base, base[:3])
+
+
+def test_int8_copy_keeps_perplexity_and_decodes(tiny):
+    W = L.fixed_text_windows(ByteTok(), 2, 12)
+    q = C.dynamic_int8(tiny, per_channel=True)
+    d, _, _ = L.ppl_change_ci(L.window_nll(tiny, W), L.window_nll(q, W))
+    assert abs(d) < 5.0  # per-channel int8 of a random tiny model: a few percent at most
+    tps, t, toks = L.decode_tokens_per_s(q, W[:1, :4], 5, min_reps=1, max_reps=1)
+    assert tps > 0 and toks.shape == (1, 5) and t.reps == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5])
+def test_bad_window_args(bad):
+    with pytest.raises(ValueError, match="n_windows"):
+        L.fixed_text_windows(ByteTok(), bad, 8)
+    with pytest.raises(ValueError, match="window"):
+        L.fixed_text_windows(ByteTok(), 2, bad)
+
+
+def test_bad_windows_tensor(tiny):
+    with pytest.raises(ValueError, match="windows"):
+        L.window_nll(tiny, torch.zeros(5, dtype=torch.long))
