@@ -104,3 +104,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the bad-input census count (tests/test_census.py records it) in every run's summary."""
+    for rep in terminalreporter.stats.get("passed", []):
+        for name, value in getattr(rep, "user_properties", []):
+            if name == "census_cases":
+                terminalreporter.write_line(f"census: {value} bad calls, all rejected")
