@@ -93,7 +93,9 @@ do_book() {  # $1: --rehearse or "", then notebooks
   [ "$#" -gt 0 ] || set -- notebooks/[0-9][0-9]_*.ipynb
   local rc
   set +e
-  "$PY" -m bmlib run-notebooks --scale full $flag --jobs "$JOBS" --budget "$BUDGET" "$@" 2>&1 \
+  local budget=(--budget "$BUDGET")
+  [ -z "$flag" ] || budget=()   # a rehearsal on a CPU is slower than the GPU run it prepares: no budget
+  "$PY" -m bmlib run-notebooks --scale full $flag --jobs "$JOBS" "${budget[@]}" "$@" 2>&1 \
     | tee "$OUT/run-notebooks.log"
   rc=${PIPESTATUS[0]}
   set -e
