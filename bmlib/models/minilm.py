@@ -42,7 +42,9 @@ def verify(path: Path | None = None, expected: str = SHA256) -> Path:
 def load_minilm(path: str | os.PathLike | None = None, verify_sha256: bool = True):
     """``(tokenizer, model)`` via ``AutoTokenizer/AutoModel.from_pretrained``; packaged copy by default."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar frozen into a page
     if path is None:
         folder = verify() if verify_sha256 else model_dir()
         kw = {"local_files_only": True}
