@@ -132,3 +132,11 @@ def run_budget(n_params: float, n_tokens: float, *, peak_flops_per_gpu: float, m
     return {"n_params": float(n_params), "n_tokens": float(n_tokens), "flops": f, "gpu_hours": h,
             "days": wall_clock_days(f, n_gpus, peak_flops_per_gpu, mfu), "n_gpus": n_gpus, "mfu": mfu,
             "cost": cost(h, price_per_gpu_hour)}
+
+
+def serving_cost_per_million(tokens_per_s: float, dollars_per_hour: float) -> float:
+    """Dollars per million tokens served by one machine at a sustained ``tokens_per_s`` that costs
+    ``dollars_per_hour``: ``dollars_per_hour / (3600 x tokens_per_s) x 1e6`` (the serving chapter
+    measures the throughput; the price is the reader's)."""
+    return _pos("dollars_per_hour", dollars_per_hour, allow_zero=True) / (
+        3600.0 * _pos("tokens_per_s", tokens_per_s)) * 1e6

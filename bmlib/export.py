@@ -82,14 +82,35 @@ def ort_run(session, **inputs) -> np.ndarray:
 
 
 def ort_quantize_int8(path_in, path_out) -> Path:
-    """ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm weight (per channel)."""
+    """ONNX Runtime's dynamic int8 quantization of every MatMul/Gemm weight (per channel).
+
+    The dynamo exporter writes ``value_info`` shapes for initializers that ONNX's strict shape
+    inference (run by the quantizer) rejects ("Inferred shape and existing shape differ"); they are
+    only hints, so they are dropped from a copy (``<path_out>.noinfo.onnx``, deleted afterwards) and
+    shapes are inferred afresh."""
+    import logging
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if not Path(path_in).is_file():
         raise ValueError(f"path_in must be an existing .onnx file, got {str(path_in)!r}")
-    quantize_dynamic(str(path_in), str(path_out), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"])
-    return Path(path_out)
+    path_out = Path(path_out)
+    path_out.parent.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(path_in))
+    del model.graph.value_info[:]
+    tmp = path_out.with_suffix(".noinfo.onnx")
+    onnx.save(model, str(tmp))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a "consider pre-processing" advice on root
+    try:
+        quantize_dynamic(str(tmp), str(path_out), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
+        tmp.unlink(missing_ok=True)
+    return path_out
 
 
 def max_abs_diff(a, b) -> float:

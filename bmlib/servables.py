@@ -78,8 +78,10 @@ def _sentiment_head(tokenizer, encoder, n_train: int, seed: int) -> dict:
     return {"weight": w, "bias": b}
 
 
-def minilm_sentiment(n_train: int = 1000, seed: int = 0) -> Classifier:
-    """all-MiniLM-L6-v2 with a sentiment head fitted once (cached under ``artifacts/data``)."""
+def sentiment_parts(n_train: int = 1000, seed: int = 0):
+    """``(tokenizer, encoder, head)``: all-MiniLM-L6-v2 and its sentiment head (a 2-way
+    ``torch.nn.Linear``), fitted once and cached under ``artifacts/data`` (the serving chapter
+    exports these parts to ONNX)."""
     from .data.store import cached
     from .models.minilm import PACKAGE, load_minilm
 
@@ -90,6 +92,12 @@ def minilm_sentiment(n_train: int = 1000, seed: int = 0) -> Classifier:
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(arrays["weight"]))
         head.bias.copy_(torch.from_numpy(arrays["bias"]))
+    return tok, enc, head
+
+
+def minilm_sentiment(n_train: int = 1000, seed: int = 0) -> Classifier:
+    """all-MiniLM-L6-v2 with a sentiment head fitted once (cached under ``artifacts/data``)."""
+    tok, enc, head = sentiment_parts(n_train, seed)
     return encoder_classifier("minilm-sentiment", tok, enc, head, ("other", "great"))
 
 

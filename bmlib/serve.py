@@ -122,6 +122,7 @@ def create_app(models: Sequence, batch: BatchConfig = BatchConfig(), gen_queue: 
     async def lifespan(app):
         nonlocal st
         st = _State(models, batch, gen_queue)
+        app.state.serving = st  # read by ServerThread.batch_sizes
         for b in st.batchers.values():
             await b.start()
         yield
@@ -287,8 +288,8 @@ class ServerThread:
         import uvicorn
 
         self.port = port or free_port()
-        self.server = uvicorn.Server(_uvicorn_config(create_app(models, batch, **app_kw),
-                                                     "127.0.0.1", self.port))
+        self.app = create_app(models, batch, **app_kw)
+        self.server = uvicorn.Server(_uvicorn_config(self.app, "127.0.0.1", self.port))
         self.thread = threading.Thread(target=self.server.run, name="bmlib-serve", daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -306,6 +307,15 @@ class ServerThread:
         self.thread.join(timeout_s)
         if self.thread.is_alive():
             raise RuntimeError(f"the server on {self.url} did not stop within {timeout_s} s")
+
+    def batch_sizes(self, model: str) -> list[int]:
+        """The size of every batch the classifier ``model`` has run on this server (for a histogram)."""
+        st = getattr(self.app.state, "serving", None)
+        if st is None:
+            raise RuntimeError("the server has not been started")
+        if model not in st.batchers:
+            raise ValueError(f"model must be one of the classifiers {sorted(st.batchers)}, got {model!r}")
+        return list(st.batchers[model].batch_sizes)
 
     def __enter__(self) -> str:
         return self.start()

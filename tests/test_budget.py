@@ -130,3 +130,16 @@ def test_optimal_split_spends_the_budget(C):
     n, d = budget.chinchilla_optimal(C)
     assert 6 * n * d == pytest.approx(C, rel=1e-9)
     assert d / n == pytest.approx(20.0)
+
+
+def test_serving_cost_per_million_by_hand():
+    # 1,000 tokens/s for an hour is 3.6 M tokens; at $3.60 an hour that is $1 per million
+    assert budget.serving_cost_per_million(1000.0, 3.6) == pytest.approx(1.0, rel=1e-12)
+    # twice the throughput halves the cost; a free machine costs nothing
+    assert budget.serving_cost_per_million(2000.0, 3.6) == pytest.approx(0.5, rel=1e-12)
+    assert budget.serving_cost_per_million(10.0, 0.0) == 0.0
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="tokens_per_s"):
+            budget.serving_cost_per_million(bad, 1.0)
+    with pytest.raises(ValueError, match="dollars_per_hour"):
+        budget.serving_cost_per_million(10.0, -2.0)
