@@ -227,28 +227,30 @@ def headline_figures(rows: list[dict]) -> dict:
 
 # ============================================================================ model workloads
 def decode_case(preset: str, batch_size: int, prompt_len: int, new_tokens: int, mode: str = "eager",
-                device=None, seed: int = 0) -> Case:
-    """Greedy generation with :class:`bmlib.generate.Decoder` (prefill + ``new_tokens`` steps),
-    randomly initialised weights (speed does not depend on them); bf16 on CUDA, fp32 on the CPU."""
+                device=None, seed: int = 0, phase: str = "decode") -> Case:
+    """Greedy generation with :class:`bmlib.generate.Decoder`, randomly initialised weights (speed
+    does not depend on them); bf16 on CUDA, fp32 on the CPU. ``phase="decode"`` times the
+    ``new_tokens`` single-token steps alone (the prompt is prefilled once in setup and the cache
+    rewound to its end before each call) and counts ``batch_size * new_tokens`` tokens;
+    ``phase="prefill"`` times the prompt's forward pass and counts ``batch_size * prompt_len``."""
     import torch
 
-    from .generate import Decoder
+    from .decode import BmlibDecode
     from .models.gpt import GPT, GPTConfig
 
+    if phase not in ("decode", "prefill"):
+        raise ValueError(f"phase must be 'decode' or 'prefill', got {phase!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     cfg = GPTConfig.preset(preset)
     model = GPT(cfg).to(dev).eval()
     if dev.type == "cuda":
         model = model.to(torch.bfloat16)
-    dec = Decoder(model, batch_size, prompt_len + new_tokens, mode=mode)
     idx = torch.randint(0, cfg.vocab_size, (batch_size, prompt_len), device=dev)
-
-    def fn():
-        dec.prefill(idx)
-        return dec.decode(new_tokens)
-
-    return Case(fn, extra={"tokens": batch_size * new_tokens})
+    run = BmlibDecode(model, idx, new_tokens + 1, mode=mode)  # prefill's token + new_tokens steps
+    if phase == "prefill":
+        return Case(run.prefill, extra={"tokens": batch_size * prompt_len, "phase": phase})
+    return Case(run.decode, extra={"tokens": batch_size * new_tokens, "phase": phase})
 
 
 def train_rows(cfg: dict, device, gemm_rows: list[dict] | None = None) -> list[dict]:
