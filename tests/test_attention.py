@@ -383,7 +383,7 @@ def test_position_and_mha_errors():
         sinusoidal_positions(0, 8)
     with pytest.raises(ValueError, match="head_dim must be an even int"):
         rope_cache(4, 5)
-    with pytest.raises(ValueError, match=r"positions/cache must give \(T, head_dim\)"):
+    with pytest.raises(ValueError, match=r"positions/cache must give \(\.\.\., T, head_dim\)"):
         apply_rope(torch.randn(1, 6, 8), torch.arange(5))
     with pytest.raises(ValueError, match="positions must be an int T or a 1-D tensor"):
         apply_rope(torch.randn(1, 6, 8), torch.zeros(2, 3))
