@@ -48,8 +48,10 @@ def export_onnx(model: torch.nn.Module, example_inputs: tuple, path, input_names
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    dims = {n: torch.export.Dim(n) for axes in dynamic.values() for n in axes.values()}  # one Dim per name
+    shapes = tuple({axis: dims[n] for axis, n in dynamic.get(name, {}).items()} or None for name in input_names)
     prog = torch.onnx.export(model, example_inputs, dynamo=True, input_names=list(input_names),
-                             output_names=[output_name], dynamic_axes=dynamic, verbose=False)
+                             output_names=[output_name], dynamic_shapes=shapes, verbose=False)
     prog.save(str(path))
     return path
 
