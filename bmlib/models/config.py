@@ -98,6 +98,49 @@ def check_ids(t, name: str, high: int, *, low: int = 0, ignore: int | None = Non
         raise ValueError(f"{name} must hold ids in [{low}, {high}){also}, got {first}")
 
 
+def decoder_positions(idx, kv_cache, position_ids, vocab_size: int, block_size: int, validate: bool = True):
+    """Check a decoder's ``forward`` inputs and return the positions of ``idx``'s tokens.
+
+    ``idx`` must be (B, T) ids in ``[0, vocab_size)``, a KV cache must hold ``B`` rows, and the
+    positions lie in ``[0, block_size)``: ``(T,)`` counting on from the cache's ``pos`` when
+    ``position_ids`` is ``None``, else ``position_ids`` itself, (B, T) or (T,)."""
+    import torch
+
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise ValueError(f"idx must be a (B, T) tensor of token ids, got "
+                         f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+    check_ids(idx, "idx", vocab_size, values=validate)
+    B, T = idx.shape
+    cache_b = getattr(kv_cache, "batch_size", None)
+    if cache_b is not None and cache_b != B:
+        raise ValueError(f"kv_cache was built for batch_size {cache_b}, but idx has batch size {B}")
+    if position_ids is None:
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > block_size:
+            raise ValueError(f"sequence length {start + T} exceeds block_size {block_size}")
+        return torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+    if not isinstance(position_ids, torch.Tensor) or position_ids.shape not in ((B, T), (T,)):
+        raise ValueError(f"position_ids must be a ({B}, {T}) or ({T},) tensor, got "
+                         f"{tuple(getattr(position_ids, 'shape', ())) or type(position_ids).__name__}")
+    if T > block_size:
+        raise ValueError(f"sequence length {T} exceeds block_size {block_size}")
+    check_ids(position_ids, "position_ids", block_size, values=validate)
+    return position_ids  # (B, T) or (T,)
+
+
+def lm_loss(logits, targets, idx, vocab_size: int, validate: bool = True):
+    """Mean next-token cross-entropy of ``logits`` (B, T, V) against ``targets`` of ``idx``'s shape
+    (ids in ``[0, vocab_size)``, ``-100`` ignored), computed in fp32."""
+    import torch
+    import torch.nn.functional as F
+
+    if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
+        raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got "
+                         f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
+    check_ids(targets, "targets", vocab_size, ignore=-100, values=validate)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+
 def check_choice(cfg, name: str, options) -> None:
     v = getattr(cfg, name)
     if v not in options:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .. import flops
 from ..attention import IMPLS, attention
 from .config import (PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints,
-                     check_positive_numbers, check_ids)
+                     check_positive_numbers, decoder_positions, lm_loss)
 
 
 @dataclass(frozen=True)
@@ -188,27 +188,9 @@ class GPT(nn.Module):
         whose ids come from the model itself (:class:`bmlib.generate.Decoder`). The value checks
         are skipped while a CUDA graph is captured or ``torch.compile`` traces.
         """
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-            raise ValueError(f"idx must be a (B, T) tensor of token ids, got "
-                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
-        check_ids(idx, "idx", self.config.vocab_size, values=validate)
-        B, T = idx.shape
-        cache_b = getattr(kv_cache, "batch_size", None)
-        if cache_b is not None and cache_b != B:
-            raise ValueError(f"kv_cache was built for batch_size {cache_b}, but idx has batch size {B}")
-        if position_ids is None:
-            start = kv_cache.pos if kv_cache is not None else 0
-            if start + T > self.config.block_size:
-                raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
-            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        else:
-            if not isinstance(position_ids, torch.Tensor) or position_ids.shape not in ((B, T), (T,)):
-                raise ValueError(f"position_ids must be a ({B}, {T}) or ({T},) tensor, got "
-                                 f"{tuple(getattr(position_ids, 'shape', ())) or type(position_ids).__name__}")
-            if T > self.config.block_size:
-                raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-            check_ids(position_ids, "position_ids", self.config.block_size, values=validate)
-            pos = position_ids  # (B, T) or (T,); values lie in [0, block_size)
+        pos = decoder_positions(idx, kv_cache, position_ids, self.config.vocab_size, self.config.block_size,
+                                validate)  # (T,), (B, T) or (T,)
+        T = idx.shape[1]
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache, i, mask)
@@ -216,14 +198,7 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
-                raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got "
-                                 f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
-            check_ids(targets, "targets", self.config.vocab_size, ignore=-100, values=validate)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-100)
+        loss = None if targets is None else lm_loss(logits, targets, idx, self.config.vocab_size, validate)
         return logits, loss
 
 

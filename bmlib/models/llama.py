@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from .. import flops
 from ..attention import IMPLS, apply_rope, attention, rope_cache
-from .config import (PresetConfig, check_choice, check_heads, check_ids, check_positive_ints,
-                     check_positive_numbers)
+from .config import (PresetConfig, check_choice, check_heads, check_positive_ints, check_positive_numbers,
+                     decoder_positions, lm_loss)
 from .gpt import KVCache, StaticKVCache
 
 
@@ -235,30 +235,12 @@ class Llama(nn.Module):
         """``idx`` (B, T) token ids -> ``(logits (B, T, V), loss or None)``; the arguments are
         :meth:`bmlib.models.gpt.GPT.forward`'s (targets with ``-100`` ignored, a boolean ``mask``
         broadcastable to (B, 1, T, Tk), ``position_ids`` (B, T) or (T,), ``validate``)."""
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-            raise ValueError(f"idx must be a (B, T) tensor of token ids, got "
-                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
-        check_ids(idx, "idx", self.config.vocab_size, values=validate)
-        B, T = idx.shape
-        cache_b = getattr(kv_cache, "batch_size", None)
-        if cache_b is not None and cache_b != B:
-            raise ValueError(f"kv_cache was built for batch_size {cache_b}, but idx has batch size {B}")
-        if position_ids is None:
-            start = kv_cache.pos if kv_cache is not None else 0
-            if start + T > self.config.block_size:
-                raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
-            cos = self.rope_cos[start:start + T]  # (T, hs)
-            sin = self.rope_sin[start:start + T]
-        else:
-            if not isinstance(position_ids, torch.Tensor) or position_ids.shape not in ((B, T), (T,)):
-                raise ValueError(f"position_ids must be a ({B}, {T}) or ({T},) tensor, got "
-                                 f"{tuple(getattr(position_ids, 'shape', ())) or type(position_ids).__name__}")
-            if T > self.config.block_size:
-                raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-            check_ids(position_ids, "position_ids", self.config.block_size, values=validate)
-            cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]  # (T, hs) or (B, T, hs)
-            if position_ids.dim() == 2:
-                cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs): broadcast over heads
+        pos = decoder_positions(idx, kv_cache, position_ids, self.config.vocab_size, self.config.block_size,
+                                validate)  # (T,), (B, T) or (T,)
+        T = idx.shape[1]
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, hs) or (B, T, hs)
+        if pos.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs): broadcast over heads
         rope = (cos, sin)
         x = self.model.embed_tokens(idx)  # (B, T, C)
         for i, block in enumerate(self.model.layers):
@@ -266,14 +248,7 @@ class Llama(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(T)
         logits = self.lm_head(self.model.norm(x))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
-                raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got "
-                                 f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
-            check_ids(targets, "targets", self.config.vocab_size, ignore=-100, values=validate)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-100)
+        loss = None if targets is None else lm_loss(logits, targets, idx, self.config.vocab_size, validate)
         return logits, loss
 
 
