@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import metrics
 from ..bench import measure
 
 
@@ -55,8 +56,9 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 4) -> np.ndarray:
 
 
 def perplexity(nll: np.ndarray) -> float:
-    """``exp`` of the mean per-window NLL (windows of equal length, so the token mean)."""
-    return float(math.exp(float(np.mean(nll))))
+    """:func:`bmlib.metrics.perplexity` of the mean per-window NLL (windows of equal length, so the
+    token mean)."""
+    return metrics.perplexity(float(np.mean(nll)))
 
 
 def ppl_change_ci(nll_base, nll_new, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple:
