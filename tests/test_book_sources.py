@@ -220,3 +220,23 @@ def test_reference_section_rule():
 def test_every_chapter_ends_with_its_reference_gpu_run(path):
     bad = reference_section_problems(nbformat.read(path, as_version=4))
     assert not bad, f"{path.name}: {bad}"
+
+
+def checked_cells_that_glue(nb) -> list[int]:
+    """Indices of code cells that nbval compares output for (``# NBVAL_CHECK_OUTPUT``) and that
+    also glue: a glued float's repr may differ in its last digit between runs, failing nbval."""
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            and re.search(r"^\s*#\s*NBVAL_CHECK_OUTPUT\s*$", c.source, re.M)
+            and re.search(r"^\s*glue\(", c.source, re.M)]
+
+
+def test_checked_cells_that_glue_are_found():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nx = 1\nglue('x', x)"),
+                                         nbformat.v4.new_code_cell("glue('y', 2)")])
+    assert checked_cells_that_glue(nb) == [0]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_output_checked_cell_glues(path):
+    bad = checked_cells_that_glue(nbformat.read(path, as_version=4))
+    assert not bad, f"{path.name}: cells {bad} glue inside a NBVAL_CHECK_OUTPUT cell; glue in the next cell"
