@@ -64,7 +64,13 @@ def _cmd_serve(args) -> int:
     from .serve import check_host, serve
 
     check_host(args.host, args.allow_remote)  # before loading any model
-    models = [build(name) for name in args.model]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    models = [build(name, max_length=args.max_length) for name in args.model]
     batch = BatchConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                         max_queue=args.max_queue, timeout_s=args.timeout)
     print(f"serving {', '.join(args.model)} on http://{args.host}:{args.port} "
@@ -117,6 +123,8 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     s.add_argument("--max-queue", type=int, default=256, help="queued requests before 429")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds before a request gets 504")
+    s.add_argument("--max-length", type=int, default=64, help="tokens per text for classifiers (default 64)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads for the models (default: torch's)")
 
 
 def main(argv=None) -> int:

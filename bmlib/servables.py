@@ -95,10 +95,10 @@ def sentiment_parts(n_train: int = 1000, seed: int = 0):
     return tok, enc, head
 
 
-def minilm_sentiment(n_train: int = 1000, seed: int = 0) -> Classifier:
+def minilm_sentiment(n_train: int = 1000, seed: int = 0, max_length: int = 64) -> Classifier:
     """all-MiniLM-L6-v2 with a sentiment head fitted once (cached under ``artifacts/data``)."""
     tok, enc, head = sentiment_parts(n_train, seed)
-    return encoder_classifier("minilm-sentiment", tok, enc, head, ("other", "great"))
+    return encoder_classifier("minilm-sentiment", tok, enc, head, ("other", "great"), max_length=max_length)
 
 
 # ----------------------------------------------------------------------------- a streaming generator
@@ -127,10 +127,13 @@ def gpt_generator(name: str, model, encode: Callable[[str], list], decode: Calla
     return Generator(name, stream, max_new_tokens=block // 2)
 
 
-def build(name: str):
-    """The named models of ``python -m bmlib serve --model NAME``."""
+def build(name: str, max_length: int = 64):
+    """The named models of ``python -m bmlib serve --model NAME`` (``max_length``: tokens per text
+    for classifiers)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
     if name == "minilm-sentiment":
-        return minilm_sentiment()
+        return minilm_sentiment(max_length=max_length)
     if name == "gpt-cpu":
         from .pretrained import pretrained_gpt
 

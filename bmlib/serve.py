@@ -4,6 +4,7 @@ Endpoints (JSON in, JSON out; every bad request gets a 4xx whose message names t
 
     GET  /health                      {"status": "ok", "models": [...], "queued": {...}}
     GET  /v1/models                   [{"name": ..., "kind": "classify" | "generate"}, ...]
+    GET  /v1/stats                    {"batch_sizes": {"minilm-sentiment": [size of every batch], ...}}
     POST /v1/classify                 {"model": "minilm-sentiment", "texts": ["...", ...]}
     POST /v1/generate                 {"model": "gpt-cpu", "prompt": "...", "max_new_tokens": 32,
                                        "temperature": 0.0, "seed": 0, "stream": true}
@@ -143,6 +144,10 @@ def create_app(models: Sequence, batch: BatchConfig = BatchConfig(), gen_queue: 
     async def health():
         return {"status": "shutting down" if st.closing else "ok", "models": names,
                 "queued": {n: b._queue.qsize() for n, b in st.batchers.items()}}
+
+    @app.get("/v1/stats")
+    async def stats():
+        return {"batch_sizes": {n: list(b.batch_sizes) for n, b in st.batchers.items()}}
 
     @app.get("/v1/models")
     async def list_models():
@@ -316,6 +321,105 @@ class ServerThread:
         if model not in st.batchers:
             raise ValueError(f"model must be one of the classifiers {sorted(st.batchers)}, got {model!r}")
         return list(st.batchers[model].batch_sizes)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class ServerProcess:
+    """``python -m bmlib serve`` in its own process on a free loopback port, as a deployment runs it.
+
+    A load generator in the calling process then shares no interpreter lock with the server (with
+    :class:`ServerThread` the client's Python, the server's HTTP and JSON, and the model's operator
+    dispatch all take turns on one lock). ``with ServerProcess(["minilm-sentiment"]) as url: ...``
+    """
+
+    def __init__(self, models: Sequence[str], port: int | None = None, batch: BatchConfig = BatchConfig(),
+                 max_length: int = 64, threads: int | None = None):
+        from .servables import MODELS
+
+        if isinstance(models, str) or not models or any(m not in MODELS for m in models):
+            raise ValueError(f"models must be a non-empty list of names from {list(MODELS)}, got {models!r}")
+        if not isinstance(batch, BatchConfig):
+            raise TypeError(f"batch must be a BatchConfig, got {type(batch).__name__}")
+        for name, v in (("max_length", max_length), ("threads", threads)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        self.port = port or free_port()
+        _uvicorn_config(None, "127.0.0.1", self.port)  # validates the port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = ["serve", "--port", str(self.port), "--max-batch", str(batch.max_batch),
+                     "--max-wait-ms", str(batch.max_wait_ms), "--max-queue", str(batch.max_queue),
+                     "--timeout", str(batch.timeout_s), "--max-length", str(max_length)]
+        self.args += [a for m in models for a in ("--model", m)]
+        if threads is not None:
+            self.args += ["--threads", str(threads)]
+        self.proc, self.exit_code = None, None  # exit_code: the process's status after stop()
+
+    def start(self, timeout_s: float = 300.0) -> str:
+        """Start the process and wait until ``/health`` answers (the first start may fit a head)."""
+        import os
+        import subprocess
+        import sys
+        import tempfile
+
+        import httpx
+
+        from .env import repo_root
+
+        self._log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a full pipe would block the server
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bmlib", *self.args], cwd=repo_root(),
+                                     env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        t0 = time.perf_counter()
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self.url
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.perf_counter() - t0 > timeout_s:
+                self.stop()
+                raise RuntimeError(f"the server did not start on {self.url} within {timeout_s} s:\n"
+                                   + self.output())
+            time.sleep(0.1)
+
+    def output(self) -> str:
+        """What the server process printed so far."""
+        self._log.seek(0)
+        return self._log.read()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM (the server finishes the requests in flight), then check that nothing listens."""
+        import signal
+        import subprocess
+
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"the server on {self.url} did not stop within {timeout_s} s") from None
+        self.exit_code, self.proc = self.proc.returncode, None
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise RuntimeError(f"something still listens on {self.url} after stop()")
+
+    def batch_sizes(self, model: str) -> list[int]:
+        """The size of every batch the classifier ``model`` has run (from ``GET /v1/stats``)."""
+        import httpx
+
+        sizes = httpx.get(self.url + "/v1/stats", timeout=10).json()["batch_sizes"]
+        if model not in sizes:
+            raise ValueError(f"model must be one of the classifiers {sorted(sizes)}, got {model!r}")
+        return sizes[model]
 
     def __enter__(self) -> str:
         return self.start()

@@ -8,6 +8,7 @@ The count of cases is printed at the end of the run.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import socket
 import threading
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 from bmlib.batching import BatchConfig, DynamicBatcher, QueueFull
 from bmlib.models.gpt import GPT, GPTConfig
-from bmlib.serve import ServerThread, check_host, create_app, free_port
+from bmlib.serve import ServerProcess, ServerThread, check_host, create_app, free_port
 from bmlib.servables import Classifier, Generator, gpt_generator
 
 CASES: list[str] = []
@@ -369,39 +370,46 @@ def test_free_port_is_free():
         s.bind(("127.0.0.1", p))
 
 
-def test_cli_serve_starts_answers_and_stops_on_sigterm(repo_root):
-    """``python -m bmlib serve`` as a user runs it: a subprocess on a free loopback port."""
-    import os
+def test_cli_serve_starts_answers_and_stops_on_sigterm():
+    """``python -m bmlib serve`` as a user runs it: a subprocess on a free loopback port
+    (through :class:`ServerProcess`, which the chapter's load test uses)."""
     import signal
-    import subprocess
-    import sys
 
     CASES.append("CLI serve + SIGTERM")
-    port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    p = subprocess.Popen([sys.executable, "-m", "bmlib", "serve", "--model", "minilm-sentiment",
-                          "--port", str(port)], cwd=repo_root, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    srv = ServerProcess(["minilm-sentiment"], batch=BatchConfig(max_batch=4, max_wait_ms=50),
+                        max_length=8, threads=1)
+    url = srv.start()
     try:
-        url = f"http://127.0.0.1:{port}"
-        t0 = time.perf_counter()
-        while True:  # the first start fits the sentiment head (cached afterwards)
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert p.poll() is None, p.stdout.read()
-                assert time.perf_counter() - t0 < 300, "the server did not start within 300 s"
-                time.sleep(0.25)
-        r = post(url, "/v1/classify", {"model": "minilm-sentiment", "texts": ["Wonderful, tasty, perfect."]})
-        assert r.status_code == 200 and r.json()["results"][0]["label"] == "great"
+        texts = ["Wonderful, tasty, perfect.", "Stale, awful, never again.", "Great!"]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:  # three requests at once: one batch
+            rs = list(pool.map(lambda t: post(url, "/v1/classify", {"model": "minilm-sentiment", "texts": [t]}),
+                               texts))
+        assert [r.json()["results"][0]["label"] for r in rs] == ["great", "other", "great"]
+        sizes = srv.batch_sizes("minilm-sentiment")
+        assert sum(sizes) == 3 and max(sizes) <= 4, sizes
+        with pytest.raises(ValueError, match="model"):
+            srv.batch_sizes("gpt-cpu")
     finally:
-        p.send_signal(signal.SIGTERM)
-        out, _ = p.communicate(timeout=30)
+        srv.stop()
     # uvicorn shuts down gracefully, then re-raises the signal it caught, as a process should
-    assert p.returncode in (0, -signal.SIGTERM), out
+    assert srv.exit_code in (0, -signal.SIGTERM), srv.output()
     with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+
+
+def test_server_process_refuses_bad_arguments_before_starting():
+    CASES.append("ServerProcess bad arguments")
+    for kw in (dict(models="minilm-sentiment"), dict(models=["no-such"]), dict(models=[])):
+        with pytest.raises(ValueError, match="models"):
+            ServerProcess(**kw)
+    with pytest.raises(ValueError, match="max_length"):
+        ServerProcess(["minilm-sentiment"], max_length=0)
+    with pytest.raises(ValueError, match="threads"):
+        ServerProcess(["minilm-sentiment"], threads=True)
+    with pytest.raises(TypeError, match="batch"):
+        ServerProcess(["minilm-sentiment"], batch={"max_batch": 4})
+    with pytest.raises(ValueError, match="port"):
+        ServerProcess(["minilm-sentiment"], port=70000)
 
 
 def test_cli_serve_refuses_a_non_loopback_host_before_loading_models():
