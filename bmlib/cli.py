@@ -33,7 +33,9 @@ def _cmd_env(args) -> int:
 
 def _cmd_run_notebooks(args) -> int:
     from .env import scale
-    from .runner import FULL_BUDGET_S, run_notebooks, summary_table, write_timings
+    from pathlib import Path
+
+    from .runner import FULL_BUDGET_S, planned_wall_s, run_notebooks, summary_table, write_timings
 
     if args.rehearse and args.scale == "cpu":
         print("--rehearse runs the full configurations: drop --scale cpu", file=sys.stderr)
@@ -46,9 +48,10 @@ def _cmd_run_notebooks(args) -> int:
     print(f"seconds per chapter recorded in {write_timings(results, run_scale, args.rehearse)}")
     if run_scale == "full":
         planned = sum(r.planned_s or 0 for r in results)
-        verdict = "fits" if planned <= FULL_BUDGET_S else "does NOT fit"
-        print(f"planned full-scale seconds: {planned:.0f} -- {verdict} one GPU session "
-              f"({FULL_BUDGET_S:.0f} s on one H100/H200)")
+        wall = planned_wall_s({Path(r.notebook).stem: r.plan for r in results}, args.jobs)
+        verdict = "fits" if wall <= FULL_BUDGET_S else "does NOT fit"
+        print(f"planned full-scale seconds: {planned:.0f} in all, {wall:.0f} of wall time with "
+              f"--jobs {args.jobs} -- {verdict} one GPU session ({FULL_BUDGET_S:.0f} s on one H100/H200)")
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -85,7 +85,9 @@ class RunResult:
 
 
 def default_notebooks() -> list[Path]:
-    return sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    """``notebooks/NN_*.ipynb``, without the ``*.failed.ipynb`` copies a failed run leaves."""
+    return sorted(p for p in (repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb")
+                  if not p.name.endswith(".failed.ipynb"))
 
 
 def read_plan(path) -> Plan:
@@ -240,6 +242,39 @@ def _check_after(paths: list[Path], plans: dict[str, Plan]) -> None:
                 continue  # a prerequisite not in this run is assumed done (its cache exists)
             if paths.index(next(q for q in paths if q.stem == a)) > paths.index(p):
                 raise ValueError(f"{p.name} runs after {a}, which comes later in the list")
+
+
+def planned_wall_s(plans: dict, jobs: int = 1, scale: str = "full") -> float:
+    """The wall seconds :func:`run_notebooks` would take if every chapter took its planned seconds.
+
+    ``plans`` maps chapter stems to :class:`Plan` in run order. It follows the runner's schedule:
+    up to ``jobs`` non-timing chapters at once, a timing chapter alone, ``after`` lists respected.
+    Chapters that share the device are assumed not to slow each other (the non-timing chapters
+    are small models that leave most of the GPU idle); a chapter without a plan counts 0 s.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    if not isinstance(plans, dict) or not all(isinstance(v, Plan) for v in plans.values()):
+        raise TypeError("plans must be a dict of chapter name -> Plan")
+    t, pending, running, done = 0.0, list(plans), {}, set()
+    while pending or running:
+        for n in list(pending):  # the same start rule as run_notebooks
+            if len(running) >= jobs or any(plans[r].timing for r in running):
+                break
+            if not all(a in done or a not in plans for a in plans[n].after):
+                continue
+            if plans[n].timing and running:
+                break
+            pending.remove(n)
+            running[n] = t + (plans[n].planned(scale) or 0.0)
+            if plans[n].timing:
+                break
+        if not running:
+            raise ValueError(f"cannot schedule {pending}: their 'after' chapters never run")
+        n = min(running, key=running.get)
+        t = running.pop(n)
+        done.add(n)
+    return t
 
 
 def run_notebooks(paths=None, scale: str = "cpu", timeout: int = 600, *, jobs: int = 1,

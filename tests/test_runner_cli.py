@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 import time
@@ -8,6 +9,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from bmlib import runner
+from bmlib.env import repo_root
 from bmlib.cli import build_parser, main
 
 
@@ -129,8 +131,23 @@ def test_committed_notebooks_plan_fits_one_gpu_session():
     plans = {p.name: runner.read_plan(p) for p in runner.default_notebooks()}
     missing = [n for n, pl in plans.items() if pl.planned_full_s is None]
     assert not missing, f"notebooks without metadata.bmlib.planned_full_s: {missing}"
-    total = sum(pl.planned_full_s for pl in plans.values())
-    assert total <= runner.FULL_BUDGET_S, f"the book plans {total:.0f} s at full scale"
+    jobs = int(re.search(r"^JOBS=\$\{JOBS:-(\d+)\}", (repo_root() / "tools/gpu_run.sh").read_text(), re.M).group(1))
+    wall = runner.planned_wall_s(plans, jobs)
+    assert wall <= runner.FULL_BUDGET_S, f"the book plans {wall:.0f} s at full scale with --jobs {jobs}"
+
+
+def test_planned_wall_s_follows_the_runners_schedule():
+    P = runner.Plan
+    plans = {"a": P(planned_full_s=10), "b": P(planned_full_s=30), "c": P(planned_full_s=10, after=("a",)),
+             "t": P(planned_full_s=5, timing=True), "d": P(planned_full_s=1)}
+    assert runner.planned_wall_s(plans, 1) == 56  # one at a time: the sum
+    # two slots: a, b start; c starts when a ends (10); t waits for b (30) and runs alone to 35; d 36
+    assert runner.planned_wall_s(plans, 2) == 36
+    assert runner.planned_wall_s({"x": P(), "y": P(planned_full_s=2)}, 3) == 2  # no plan counts 0 s
+    with pytest.raises(ValueError, match="jobs"):
+        runner.planned_wall_s(plans, 0)
+    with pytest.raises(TypeError, match="plans"):
+        runner.planned_wall_s({"a": 10}, 1)
 
 
 # ---------------------------------------------------------------- progress bars
