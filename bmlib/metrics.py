@@ -14,6 +14,8 @@ set, ``k < 1``, probabilities outside [0, 1], non-finite scores.
 * Language: :func:`perplexity` (from a mean NLL in nats), :func:`bleu` (corpus BLEU-4 with
   brevity penalty; equals ``sacrebleu.corpus_bleu(...).score`` for ``tokenize="13a"`` -- sacrebleu's
   default -- and ``tokenize="none"``, with sacrebleu's default ``"exp"`` smoothing).
+* Speech: :func:`word_edit_ops` (substitutions, deletions, insertions of one Levenshtein alignment),
+  :func:`word_error_rate` (corpus WER; equals ``jiwer.wer`` on whitespace-separated words).
 * Recommendation, leave-one-out: :func:`rank_of_target`, :func:`hit_rate_at_k`, :func:`ndcg_at_k`.
 * Noise: :func:`bootstrap_ci` (percentile bootstrap of any metric, matches ``scipy.stats.bootstrap``),
   :func:`bootstrap_diff_ci` (paired difference of two models), :func:`precision_recall_curve`.
@@ -31,7 +33,7 @@ __all__ = [
     "average_precision", "recall_at_specificity", "reliability_curve",
     "expected_calibration_error", "perplexity", "bleu", "tokenize_13a", "rank_of_target",
     "hit_rate_at_k", "ndcg_at_k", "precision_recall_curve", "bootstrap_indices", "bootstrap_ci",
-    "bootstrap_diff_ci",
+    "bootstrap_diff_ci", "word_edit_ops", "word_error_rate",
 ]
 
 
@@ -503,3 +505,43 @@ def bootstrap_diff_ci(metric, y_true, score_a, score_b, n_boot: int = 1000, leve
     vals = np.array([metric(t[i], a[i]) - metric(t[i], b[i]) for i in idx], dtype=np.float64)
     lo, hi = np.percentile(vals, [50 * (1 - level), 50 * (1 + level)])
     return float(metric(t, a) - metric(t, b)), float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- speech
+def word_edit_ops(reference: str, hypothesis: str) -> tuple[int, int, int]:
+    """``(substitutions, deletions, insertions)`` turning ``reference`` into ``hypothesis`` (words
+    split on whitespace) with the fewest edits (Levenshtein); ties prefer substitutions."""
+    for name, v in (("reference", reference), ("hypothesis", hypothesis)):
+        if not isinstance(v, str):
+            raise TypeError(f"{name} must be a string, got {type(v).__name__}")
+    r, h = reference.split(), hypothesis.split()
+    # D[i][j] = (edits, subs, dels, ins) for r[:i] -> h[:j]; compare by edits, then fewer dels + ins
+    D = [[(j, 0, 0, j) for j in range(len(h) + 1)]]
+    for i in range(1, len(r) + 1):
+        row = [(i, 0, i, 0)]
+        for j in range(1, len(h) + 1):
+            e, s_, d, n = D[i - 1][j - 1]
+            sub = (e + (r[i - 1] != h[j - 1]), s_ + (r[i - 1] != h[j - 1]), d, n)
+            e, s_, d, n = D[i - 1][j]
+            dele = (e + 1, s_, d + 1, n)
+            e, s_, d, n = row[j - 1]
+            ins = (e + 1, s_, d, n + 1)
+            row.append(min(sub, dele, ins, key=lambda t: (t[0], t[2] + t[3])))
+        D.append(row)
+    _, subs, dels, ins = D[-1][-1]
+    return subs, dels, ins
+
+
+def word_error_rate(references, hypotheses) -> float:
+    """Corpus word error rate ``sum(S + D + I) / sum(N)`` over pairs of strings (``N`` = words in the
+    reference); a single pair may be given as two strings. Can exceed 1 (many insertions)."""
+    if isinstance(references, str) and isinstance(hypotheses, str):
+        references, hypotheses = [references], [hypotheses]
+    if not isinstance(references, (list, tuple)) or not isinstance(hypotheses, (list, tuple)):
+        raise TypeError("references and hypotheses must be strings or lists of strings")
+    if len(references) != len(hypotheses):
+        raise ValueError(f"references ({len(references)}) and hypotheses ({len(hypotheses)}) differ in length")
+    n = sum(len(r.split()) if isinstance(r, str) else 0 for r in references)
+    if n == 0:
+        raise ValueError("references must hold at least one word")
+    return float(sum(sum(word_edit_ops(r, h)) for r, h in zip(references, hypotheses)) / n)
