@@ -23,7 +23,7 @@ from bmlib import attention as A
 from bmlib import env, foundations, io, metrics, results, text
 from bmlib import generate as G
 from bmlib.data import arrays, corpus, digits, finance, medical, movielens, reviews, store, tokenizer, tokens
-from bmlib.models import (bert, classifier, cnn, gpt, hf, llama, mf, minilm, sasrec, tabular, timeseries,
+from bmlib.models import (bert, classifier, cnn, efficientnet, speech, gpt, hf, llama, mf, minilm, sasrec, tabular, timeseries,
                           vit)
 
 NAN, INF = float("nan"), float("inf")
@@ -36,7 +36,8 @@ def case(label: str, exc: type, name: str, fn) -> None:
 
 # ============================================================================ configs, field by field
 CONFIGS = [gpt.GPTConfig, bert.BertConfig, vit.ViTConfig, cnn.CNNConfig, mf.MFConfig,
-           sasrec.SASRecConfig, tabular.TabularConfig, timeseries.TimeSeriesConfig, llama.LlamaConfig]
+           sasrec.SASRecConfig, tabular.TabularConfig, timeseries.TimeSeriesConfig, llama.LlamaConfig,
+           efficientnet.EfficientNetConfig, speech.SpeechTransformerConfig, speech.SpeechCNNConfig]
 WRONG_TYPE = {"int": "4", "float": "0.1", "bool": "yes", "str": 3, "tuple": [32, 64]}
 OUT_OF_RANGE = {"int": -1, "float": -1.0, "str": "nope", "tuple": (0,)}
 
