@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import PresetConfig, check_fractions, check_ids, check_positive_ints
+from .config import PresetConfig, check_fractions, check_ids, check_images, check_positive_ints
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,7 @@ class SmallCNN(nn.Module):
 
     def forward(self, x, y=None):
         c = self.cfg
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor of images, got {type(x).__name__}")
-        if x.dim() != 4 or tuple(x.shape[1:]) != (c.in_chans, c.image_size, c.image_size):
-            raise ValueError(f"x must have shape (B, {c.in_chans}, {c.image_size}, {c.image_size}) "
-                             f"(B, in_chans, image_size, image_size), got {tuple(x.shape)}")
+        check_images(x, c.in_chans, c.image_size)
         h = self.features(x).mean(dim=(2, 3))  # (B, channels[-1]): global average pooling
         logits = self.classifier(self.dropout(h))
         loss = None

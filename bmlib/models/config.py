@@ -141,6 +141,19 @@ def lm_loss(logits, targets, idx, vocab_size: int, validate: bool = True):
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
 
+def check_images(x, in_chans: int, image_size: int) -> None:
+    """``x`` must be a floating-point tensor of images ``(B, in_chans, image_size, image_size)``."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of images, got {type(x).__name__}")
+    if x.dim() != 4 or tuple(x.shape[1:]) != (in_chans, image_size, image_size):
+        raise ValueError(f"x must have shape (B, {in_chans}, {image_size}, {image_size}) "
+                         f"(B, in_chans, image_size, image_size), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+
+
 def check_choice(cfg, name: str, options) -> None:
     v = getattr(cfg, name)
     if v not in options:
@@ -171,6 +184,8 @@ class PresetConfig:
         presets = getattr(sys.modules[cls.__module__], "PRESETS")
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+        if not isinstance(presets[name], cls):  # a module may hold presets of several configs
+            raise ValueError(f"preset {name!r} is a {type(presets[name]).__name__}, not a {cls.__name__}")
         return replace(presets[name], **overrides)
 
     def to_dict(self) -> dict:

@@ -47,13 +47,6 @@ class SpeechTransformerConfig(PresetConfig):
         check_fractions(self)
         check_choice(self, "attn_impl", IMPLS)
 
-    @classmethod
-    def preset(cls, name: str, **overrides):
-        cfg = super().preset(name, **overrides)
-        if not isinstance(cfg, cls):
-            raise ValueError(f"preset {name!r} is a {type(cfg).__name__}, not a {cls.__name__}")
-        return cfg
-
     def bert_config(self) -> BertConfig:
         """The encoder layers' configuration (no vocabulary: the inputs are MFCC frames)."""
         return BertConfig(vocab_size=1, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
@@ -77,13 +70,6 @@ class SpeechCNNConfig(PresetConfig):
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same-length padding), got {self.kernel_size}")
         check_fractions(self)
-
-    @classmethod
-    def preset(cls, name: str, **overrides):
-        cfg = super().preset(name, **overrides)
-        if not isinstance(cfg, cls):
-            raise ValueError(f"preset {name!r} is a {type(cfg).__name__}, not a {cls.__name__}")
-        return cfg
 
 
 PRESETS = {

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import PresetConfig, check_positive_ints
+from .config import PresetConfig, check_images, check_positive_ints
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,7 @@ class VAE(nn.Module):
 
     def _check(self, x):
         c = self.cfg
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor of images, got {type(x).__name__}")
-        if x.dim() != 4 or tuple(x.shape[1:]) != (c.in_chans, c.image_size, c.image_size):
-            raise ValueError(f"x must have shape (B, {c.in_chans}, {c.image_size}, {c.image_size}), "
-                             f"got {tuple(x.shape)}")
+        check_images(x, c.in_chans, c.image_size)
 
     def encode(self, x):
         """``(mu, logvar)``, each ``(B, latent)``."""

@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import IMPLS, attention
-from .config import (PresetConfig, check_choice, check_fractions, check_heads, check_positive_ints,
-                     check_ids, check_positive_numbers)
+from .config import (PresetConfig, check_choice, check_fractions, check_heads, check_ids, check_images,
+                     check_positive_ints, check_positive_numbers)
 
 
 @dataclass(frozen=True)
@@ -178,13 +178,7 @@ class ViT(nn.Module):
 
     def _check(self, x):
         c = self.cfg
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor of images, got {type(x).__name__}")
-        if x.dim() != 4 or tuple(x.shape[1:]) != (c.in_chans, c.image_size, c.image_size):
-            raise ValueError(f"x must have shape (B, {c.in_chans}, {c.image_size}, {c.image_size}) "
-                             f"(B, in_chans, image_size, image_size), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        check_images(x, c.in_chans, c.image_size)
 
     def features(self, x, impl: str | None = None):
         """Final hidden states ``(B, 1 + n_patches, n_embd)`` after the last LayerNorm."""
