@@ -50,7 +50,22 @@ def _recipe(size, recipe=None):
     size = scale() if size is None else size
     if size not in PRETRAINED_RECIPES:
         raise ValueError(f"size must be one of {sorted(PRETRAINED_RECIPES)}, got {size!r}")
-    return size, PRETRAINED_RECIPES[size]
+    return size, _rehearsal_recipe(PRETRAINED_RECIPES[size])
+
+
+def _rehearsal_recipe(r: dict) -> dict:
+    """``r`` itself, or during a rehearsal (:func:`bmlib.env.rehearsing`) a copy whose training is
+    capped to its first steps (:func:`bmlib.env.rehearse_cap`): same model, batch and dtype. The cap
+    changes the recipe, so the rehearsal's checkpoint is cached under its own name."""
+    from .env import rehearse_cap, rehearsing
+
+    if not rehearsing():
+        return r
+    t = r["train"]
+    steps = rehearse_cap(t["max_steps"])
+    train_ = {**t, "max_steps": steps, "warmup_steps": min(t["warmup_steps"], steps),
+              "eval_interval": steps, "eval_iters": rehearse_cap(t["eval_iters"])}
+    return {**r, "train": train_}
 
 
 def _tokenizer_and_data(r):
