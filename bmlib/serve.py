@@ -273,8 +273,10 @@ def _uvicorn_config(app, host: str, port: int):
 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"port must be an int in 1..65535, got {port!r}")
+    # the C HTTP parser (httptools) and the libuv event loop (uvloop), uvicorn[standard]'s pair,
+    # named here rather than left to uvicorn's choice of what happens to be installed
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                          timeout_graceful_shutdown=15, lifespan="on")
+                          timeout_graceful_shutdown=15, lifespan="on", http="httptools", loop="uvloop")
 
 
 def serve(models, host: str = "127.0.0.1", port: int = 8000, *, allow_remote: bool = False,

@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/_build/gpu-run}
 BUDGET=${BUDGET:-480}          # seconds for the whole book (issue #12: <= 8 minutes on one H100/H200)
-JOBS=${JOBS:-3}                # chapters at once; timing chapters always run alone
+JOBS=${JOBS:-4}                # chapters at once; timing chapters always run alone
 PY=${PYTHON:-python3}
 GGUF_DIR=.gpu/gguf
 mode=${1:-all}; [ "$#" -gt 0 ] && shift

@@ -386,6 +386,63 @@ def dynamic_int8(model: nn.Module, exclude: Iterable[str] = (), per_channel: boo
                                 dtype=torch.qint8)
 
 
+class Int8DynamicLinear(nn.Module):
+    """W8A8 ``nn.Linear`` without bias: int8 weights with one scale per output channel, the input
+    quantized to int8 on the fly with one scale per *token* (row), an int8 x int8 -> int32 matmul
+    (``torch._int_mm``, oneDNN on the CPU), then both scales applied:
+
+        y_tj = s_t * w_j * sum_i q(x)_ti q(W)_ji,   s_t = max_i |x_ti| / 127,  w_j = max_i |W_ji| / 127
+
+    A per-token scale lets one outlier token not coarsen the others (``torch.ao``'s dynamic int8
+    has one scale for the whole batch); an outlier *channel* still coarsens its token, which is
+    what :mod:`bmlib.compress.smooth` addresses."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        for name, v, lo in (("in_features", in_features, 2), ("out_features", out_features, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:  # torch._int_mm miscounts K = 1
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8DynamicLinear":
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        if linear.bias is not None:
+            raise ValueError("Int8DynamicLinear has no bias: linear.bias must be None")
+        m = cls(linear.in_features, linear.out_features)
+        qt = quantize(linear.weight.detach().float(), 8, symmetric=True, granularity="channel")
+        m.qweight.copy_(qt.q)
+        m.scale.copy_(qt.scale.view(-1))
+        return m.to(linear.weight.device)
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must be a float tensor (..., {self.in_features}), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        x2 = x.reshape(-1, self.in_features).float()  # (N, in): one row per token
+        if x2.is_cuda and x2.shape[0] <= 16:
+            raise ValueError(f"on CUDA, torch._int_mm needs more than 16 rows (tokens), got {x2.shape[0]}")
+        s = x2.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127  # (N, 1)
+        q = torch.round(x2 / s).to(torch.int8)  # |x / s| <= 127: no clamp needed
+        y = torch._int_mm(q, self.qweight.t())  # (N, out) int32; the weight stays (out, in) in memory
+        return (y * s * self.scale).view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 x int8 per token"
+
+
+def w8a8(model: nn.Module, exclude: Iterable[str] = ()) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` (except names containing an ``exclude`` entry)
+    replaced by an :class:`Int8DynamicLinear`; a tied output layer gets its own int8 copy."""
+    model = copy.deepcopy(model)
+    for name, lin in linear_layers(model, exclude).items():
+        _set_module(model, name, Int8DynamicLinear.from_linear(lin))
+    return model
+
+
 def torchao_available() -> bool:
     try:
         import torchao  # noqa: F401
