@@ -41,6 +41,8 @@ PLAN_KEYS = ("timing", "planned_full_s", "planned_cpu_s", "after")
 
 # A tqdm / transformers progress bar as a terminal leaves it: "desc:  40%|████  | 4/10 [00:01<...]".
 _BAR = re.compile(r"\d+%\|.*\||\|\s*\d+/\d+\s*\[|\[\d+:\d+(?:<[\d:?]+)?,|\d(?:it/s|s/it)\]")
+# the profiler library's own log lines (kineto writes them to stderr when a torch.profiler starts/stops)
+_PROFILER_LOG = re.compile(r"^(?:USDT|STAGE):\d{4}-\d\d-\d\d [\d:]+ \d+:\d+ \w+\.cpp:\d+\]")
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,9 @@ def is_progress_bar(text: str) -> bool:
 def strip_progress_bars(nb) -> int:
     """Remove frozen progress bars from a notebook's outputs in place; returns how many lines went.
 
-    Drops progress-bar widgets and, in ``stream`` outputs, every line that is a progress bar (other
-    lines -- warnings, prints -- stay); an output left empty is removed.
+    Drops progress-bar widgets and, in ``stream`` outputs, every line that is a progress bar or a
+    profiler library's log line (other lines -- warnings, prints -- stay); an output left empty is
+    removed.
     """
     removed = 0
     for cell in nb.get("cells", []):
@@ -157,7 +160,7 @@ def strip_progress_bars(nb) -> int:
                 text = "".join(text) if isinstance(text, list) else text
                 lines, keep = text.split("\n"), []
                 for ln in lines:
-                    if ln.strip() and is_progress_bar(ln):
+                    if ln.strip() and (is_progress_bar(ln) or _PROFILER_LOG.match(ln)):
                         removed += 1
                     else:
                         keep.append(_visible(ln) if "\r" in ln else ln)

@@ -89,6 +89,7 @@ _FROZEN_BAR = re.compile(r"\d+%\|[^\n]*\||\d+/\d+ \[\d+:\d+")
 _ABS_PATH = re.compile(r"(?<![\w.])(/work/|/home/[\w.-]+/|/Users/|/root/|/tmp/|/private/var/|"
                        r"[A-Z]:\\\\Users|site-packages/|\.venv/)")
 _NP_REPR = re.compile(r"\bnp\.(float|int|uint|bool_?|complex)\d*\(")
+_PROFILER_LOG = re.compile(r"(?m)^(?:USDT|STAGE):\d{4}-\d\d-\d\d .*\.cpp:\d+\]")
 FOLD_TAGS = {"hide-output", "hide-cell", "remove-output", "remove-cell", "output_scroll"}
 LONG_LISTING_LINES = 25
 
@@ -117,7 +118,7 @@ def page_problems(nb) -> list[str]:
             continue
         for text in _output_texts(cell):
             for pat, what in ((_FROZEN_BAR, "a frozen progress bar"), (_ABS_PATH, "an absolute path"),
-                              (_NP_REPR, "a NumPy scalar repr")):
+                              (_NP_REPR, "a NumPy scalar repr"), (_PROFILER_LOG, "a profiler log line")):
                 m = pat.search(text)
                 if m:
                     line = text[:m.end()].rsplit("\n", 1)[-1][-60:] + text[m.end():].split("\n", 1)[0][:40]
@@ -157,6 +158,8 @@ def _result(text):
     ([_stream("/usr/lib/python3/site-packages/torch/nn.py:12: UserWarning: x\n", "stderr")], "f()", None,
      "absolute path"),
     ([_result("{'acc': np.float64(0.91)}")], "d", None, "NumPy scalar"),
+    ([_stream("USDT:2026-12-03 14:45:32 9377:9377 SyncActivityProfilerHandler.cpp:52] profiler_start\n", "stderr")],
+     "prof()", None, "profiler log"),
     ([_stream("def f():\n" + "    x = 1\n" * 40)], "print(inspect.getsource(f))", None, "source listing"),
 ])
 def test_page_problems_are_found(outs, src, tags, what):

@@ -170,6 +170,16 @@ def test_strip_progress_bars_keeps_everything_else():
     assert runner.is_progress_bar(BAR) and not runner.is_progress_bar("val loss 1.23 | 50% done")
 
 
+def test_strip_progress_bars_drops_the_profilers_log_lines():
+    nb = new_notebook(cells=[new_code_cell("x")])
+    log = ("USDT:2026-12-03 14:45:32 9377:9377 SyncActivityProfilerHandler.cpp:52] profiler_start\n"
+           "USDT:2026-12-03 14:45:34 9377:9377 SyncActivityProfilerHandler.cpp:59] profiler_stop\n")
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stderr", text=log),
+                           nbformat.v4.new_output("stream", name="stdout", text="USDT: a word in a print stays\n")]
+    assert runner.strip_progress_bars(nb) == 2
+    assert [o["text"] for o in nb.cells[0].outputs] == ["USDT: a word in a print stays\n"]
+
+
 # ---------------------------------------------------------------- summary, budget, rehearsal
 def test_summary_table_lists_planned_and_actual_seconds():
     res = [runner.RunResult("01_a.ipynb", 12.0, True, planned_s=30.0),

@@ -418,3 +418,19 @@ def test_cli_serve_refuses_a_non_loopback_host_before_loading_models():
     CASES.append("CLI non-loopback host")
     with pytest.raises(ValueError, match="host"):
         main(["serve", "--model", "minilm-sentiment", "--host", "0.0.0.0"])
+
+
+def test_load_generator_counts_answers_errors_and_its_own_cpu(server):
+    """run_load against the real server: every request answered once, 4xx counted as errors."""
+    from bmlib.loadgen import run_load
+
+    CASES.append("load generator counts")
+    url, _, _ = server
+    ok = run_load(url + "/v1/classify", lambda i: {"model": "toy", "texts": [f"text {i}"]}, 4, 40)
+    assert (ok.sent, ok.ok, ok.errors) == (40, 40, {}) and len(ok.latencies_ms) == 40
+    assert 0 < ok.client_cpu_s and 0 < ok.row()["client_cpu_share"] <= 1.5
+    bad = run_load(url + "/v1/classify", lambda i: {"model": "toy", "texts": []} if i % 2 else
+                   {"model": "toy", "texts": ["x"]}, 3, 12)
+    assert (bad.sent, bad.ok, bad.errors) == (12, 6, {"422": 6})
+    with pytest.raises(ValueError, match="Content-Length"):  # a streamed answer is not what it measures
+        run_load(url + "/v1/generate", lambda i: {"model": "slowgen", "prompt": "a", "max_new_tokens": 2}, 1, 1)
