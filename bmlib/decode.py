@@ -103,8 +103,9 @@ class FusedLlamaDecode:
     with ``enable_gqa`` (no repeated key/value heads) and no per-step checks. Each matrix is kept
     a second time, transposed to (in, out) and contiguous, and multiplied as ``x @ W_t``: for one
     row ``x`` the book's CPU (MKL, 2 threads) multiplies a row-major (in, out) matrix faster than the
-    (out, in) one that ``F.linear`` gets; the price is a second copy of the weights in memory. Prefill runs the model's ordinary forward pass into the same cache. A test
-    checks both give the same logits.
+    (out, in) one that ``F.linear`` gets; the price is a second copy of the weights in memory.
+    Prefill runs the model's ordinary forward pass into the same cache. A test checks both give the
+    same logits.
     """
 
     def __init__(self, model, idx, new_tokens: int):

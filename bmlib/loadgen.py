@@ -66,8 +66,9 @@ def _check(url: str, concurrency, n_requests, max_duration_s) -> None:
         raise ValueError(f"max_duration_s must be in (0, 600], got {max_duration_s!r}")
 
 
-async def _post(conn, host: bytes, path: bytes, body: bytes) -> int:
-    """One POST on an open keep-alive connection ``(reader, writer)``; returns the status code."""
+async def _post(conn, host: bytes, path: bytes, body: bytes) -> tuple[int, bool]:
+    """One POST on an open keep-alive connection ``(reader, writer)``; returns the status code and
+    whether the connection stays open (``False`` when the server answered ``Connection: close``)."""
     reader, writer = conn
     writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (path, host, len(body), body))
@@ -83,9 +84,7 @@ async def _post(conn, host: bytes, path: bytes, body: bytes) -> int:
     if length is None:
         raise ValueError("the load generator reads whole answers with a Content-Length (not streams)")
     await reader.readexactly(length)
-    if close:  # the server ends this connection: the next request opens a new one
-        raise ConnectionResetError(f"the server closed the connection after a {status}")
-    return status
+    return status, not close
 
 
 async def _load(url, make_body: Callable[[int], dict], concurrency, n_requests, max_duration_s):
@@ -107,7 +106,8 @@ async def _load(url, make_body: Callable[[int], dict], concurrency, n_requests, 
                 try:
                     if conn is None:
                         conn = await asyncio.wait_for(asyncio.open_connection(host, port), 30.0)
-                    code = await asyncio.wait_for(_post(conn, f"{host}:{port}".encode(), path, body), 30.0)
+                    code, keep = await asyncio.wait_for(_post(conn, f"{host}:{port}".encode(), path, body), 30.0)
+                    conn = conn if keep else _close(conn)  # the next request opens a new connection
                 except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
                     code, conn = type(e).__name__, _close(conn)  # a broken connection: the next one is new
                 if code == 200:

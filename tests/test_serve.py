@@ -434,3 +434,31 @@ def test_load_generator_counts_answers_errors_and_its_own_cpu(server):
     assert (bad.sent, bad.ok, bad.errors) == (12, 6, {"422": 6})
     with pytest.raises(ValueError, match="Content-Length"):  # a streamed answer is not what it measures
         run_load(url + "/v1/generate", lambda i: {"model": "slowgen", "prompt": "a", "max_new_tokens": 2}, 1, 1)
+
+
+def test_load_generator_reads_one_answer_and_sees_connection_close():
+    from bmlib.loadgen import _post
+
+    class Writer:
+        def __init__(self):
+            self.sent = b""
+
+        def write(self, b):
+            self.sent += b
+
+        async def drain(self):
+            pass
+
+    async def go(answer):
+        reader = asyncio.StreamReader()
+        reader.feed_data(answer)
+        w = Writer()
+        out = await _post((reader, w), b"127.0.0.1:1", b"/v1/classify", b'{"a": 1}')
+        return out, w.sent, reader
+
+    (code, keep), sent, reader = asyncio.run(go(b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 2\r\n"
+                                                b"connection: close\r\n\r\n{}HTTP/1.1 200 OK"))
+    assert (code, keep) == (429, False)
+    assert sent.startswith(b"POST /v1/classify HTTP/1.1\r\n") and sent.endswith(b'Content-Length: 8\r\n\r\n{"a": 1}')
+    (code, keep), _, _ = asyncio.run(go(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    assert (code, keep) == (200, True)
