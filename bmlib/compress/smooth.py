@@ -29,15 +29,10 @@ import copy
 
 import torch
 
+from .heads import _check_llama, _check_windows
+
 _GROUPS = (("input_layernorm", "self_attn", ("q_proj", "k_proj", "v_proj")),
            ("post_attention_layernorm", "mlp", ("gate_proj", "up_proj")))
-
-
-def _check_llama(model):
-    from ..models.llama import Llama
-
-    if not isinstance(model, Llama):
-        raise TypeError(f"model must be a bmlib Llama, got {type(model).__name__}")
 
 
 @torch.no_grad()
@@ -46,8 +41,7 @@ def input_absmax(model, windows: torch.Tensor, batch_size: int = 4) -> dict:
     ``Llama`` over the calibration ``windows`` (n, T) of token ids: ``{"model.layers.0.mlp.down_proj":
     (in_features,) float32, ...}``."""
     _check_llama(model)
-    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.dtype != torch.long:
-        raise ValueError("windows must be a (n, T) int64 tensor of token ids")
+    _check_windows(windows, model.config.vocab_size)
     amax, hooks = {}, []
 
     def record(name):
