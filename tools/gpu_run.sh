@@ -39,7 +39,10 @@ gguf_meta() {  # name, sha256 and size of the GGUF, from the code that checks it
 
 install_wheels() {  # .whl/ once per machine, then any wheels that came later in .gpu/whl/
   local site=/tmp/bmlib-site w
-  if [ -d .gpu/data ]; then mkdir -p artifacts/data && cp -n .gpu/data/* artifacts/data/; fi
+  if [ -f .gpu/data/data.tar.xz ] && [ ! -f artifacts/data/.from-gpu-data ]; then
+    mkdir -p artifacts/data && "$PY" -c "import tarfile
+tarfile.open('.gpu/data/data.tar.xz').extractall('artifacts/data', filter='data')" && touch artifacts/data/.from-gpu-data
+  fi
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
   if [ "${WHEELS:-1}" = 0 ]; then export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}; return 0; fi
   export PYTHONPATH=$ROOT:$site${PYTHONPATH:+:$PYTHONPATH}
@@ -73,8 +76,12 @@ do_prepare() {
   export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
   # The loaders' data copies, less the corpus and its tokens: those are built from the running
   # Python's stdlib (the box's 3.12 is not this 3.11), so there they are rebuilt, not read.
+  # xz-packed: MNIST alone is 55 MB as stored, about 10 MB packed.
   rm -rf .gpu/data && mkdir -p .gpu/data
-  find artifacts/data -maxdepth 1 -type f ! -name 'cpython-*' -exec cp {} .gpu/data/ \;
+  "$PY" -c "import tarfile, pathlib
+with tarfile.open('.gpu/data/data.tar.xz', 'w:xz') as t:
+    for f in sorted(pathlib.Path('artifacts/data').iterdir()):
+        if f.is_file() and not f.name.startswith('cpython-'): t.add(f, arcname=f.name)"
   read -r name sha bytes < <(gguf_meta)
   local src
   src=$("$PY" -c "from bmlib.data.smollm2 import gguf_path; print(gguf_path())")
@@ -82,10 +89,11 @@ do_prepare() {
   # Parts sized to what each transfer has room for beside the working tree: the first travels with
   # .whl/ and .gpu/data, the second alone, the last with the late wheels of .gpu/whl/.
   local i=0 off=0 n
-  for n in ${PART_BYTES:-17500000 56500000}; do
-    tail -c +$((off + 1)) "$src" | head -c "$n" > "$GGUF_DIR/part.$i"; off=$((off + n)); i=$((i + 1))
+  for n in ${PART_BYTES:-19500000 54500000}; do
+    dd if="$src" of="$GGUF_DIR/part.$i" iflag=skip_bytes,count_bytes skip=$off count="$n" status=none
+    off=$((off + n)); i=$((i + 1))
   done
-  tail -c +$((off + 1)) "$src" > "$GGUF_DIR/part.$i"
+  dd if="$src" of="$GGUF_DIR/part.$i" iflag=skip_bytes skip=$off status=none
   echo "$sha  $name" > "$GGUF_DIR/SHA256SUMS"
   ls -la "$GGUF_DIR"; du -sh .whl .gpu/data .gpu/whl 2>/dev/null || true
   echo "send: .whl, .gpu/data and $GGUF_DIR/part.0; then part.1; then the last part (one per command)"
