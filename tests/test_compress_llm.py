@@ -69,3 +69,35 @@ def test_bad_window_args(bad):
 def test_bad_windows_tensor(tiny):
     with pytest.raises(ValueError, match="windows"):
         L.window_nll(tiny, torch.zeros(5, dtype=torch.long))
+
+
+def test_compare_variants_measures_every_variant_against_the_first(tiny):
+    W = L.fixed_text_windows(ByteTok(), 4, 12)
+    prompt = W[:1, :5]
+    noisy = C.quantize_model(tiny, 4, exclude=())  # int4 weights: same shapes, other logits
+    nll = {}
+    rows = L.compare_variants({"ref": tiny, "same": tiny, "int4": noisy}, prompt, 4, W, rounds=2, nll=nll)
+    by = {r["variant"]: r for r in rows}
+    assert list(by) == ["ref", "same", "int4"] and set(nll) == {"ref", "same", "int4"}
+    assert by["ref"]["ppl_change_pct"] == 0 and by["ref"]["speedup_vs_fp32"] == 1
+    assert by["same"]["same_tokens_as_fp32"] and by["same"]["ppl_change_pct"] == 0
+    np.testing.assert_allclose(nll["int4"], L.window_nll(noisy, W))  # quality on the given windows
+    assert by["int4"]["ppl"] == pytest.approx(L.perplexity(nll["int4"]))
+    assert by["int4"]["ci_low"] <= by["int4"]["ppl_change_pct"] <= by["int4"]["ci_high"]
+    assert all(r["decode_tokens_per_s"] > 0 and r["size_mb"] > 0 for r in rows)
+    for kw, field in [(dict(variants={}), "variants"), (dict(rounds=0), "rounds")]:
+        args = dict(variants={"ref": tiny}, prompt=prompt, new_tokens=4, windows=W, rounds=1) | kw
+        with pytest.raises(ValueError, match=field):
+            L.compare_variants(**args)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(3, 4), torch.zeros(4, dtype=torch.long), [[1, 2]],
+                                 torch.zeros(3, 1, dtype=torch.long)])
+def test_compression_functions_refuse_bad_token_windows(tiny, bad):
+    from bmlib.compress.heads import head_importance
+
+    for fn in (L.window_nll, head_importance):
+        with pytest.raises(ValueError, match=r"windows must be a \(n, T >= 2\) int64 tensor"):
+            fn(tiny, bad)
+    with pytest.raises(ValueError, match=r"token ids in \[0, 512\)"):
+        head_importance(tiny, torch.full((2, 3), 600))

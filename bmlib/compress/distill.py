@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_token_ids
+
 
 # --------------------------------------------------------------------------------------------
 # Knowledge distillation
@@ -93,9 +95,7 @@ def teacher_topk(teacher: nn.Module, windows: torch.Tensor, k: int, batch_size: 
     next tokens at every position of ``windows`` (n, T) and their log-probabilities (temperature
     1, normalised over the whole vocabulary). Storing these instead of the logits costs ``2 k``
     numbers per token instead of ``V``."""
-    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.dtype != torch.long:
-        raise ValueError(f"windows must be a (n, T) int64 tensor of token ids, got "
-                         f"{tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__}")
+    check_token_ids(windows, "windows")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     idx, logp = [], []

@@ -24,23 +24,8 @@ import torch.nn.functional as F
 
 from ..attention import apply_rope, attention
 from ..models.llama import Llama, check_head_mask
+from .checks import check_llama, check_token_ids
 from .prune import _sliced_linear
-
-
-def _check_llama(model) -> None:
-    if not isinstance(model, Llama):
-        raise TypeError(f"model must be a bmlib Llama, got {type(model).__name__}")
-
-
-def _check_windows(windows, vocab_size: int) -> torch.Tensor:
-    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2 \
-            or windows.dtype != torch.long:
-        raise ValueError(f"windows must be a (n, T >= 2) int64 tensor of token ids, got "
-                         f"{tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__}")
-    if windows.min() < 0 or windows.max() >= vocab_size:
-        raise ValueError(f"windows must hold token ids in [0, {vocab_size}), got range "
-                         f"[{int(windows.min())}, {int(windows.max())}]")
-    return windows
 
 
 def head_importance(model: Llama, windows: torch.Tensor, normalize: bool = True, progress: bool = False) -> torch.Tensor:
@@ -49,9 +34,9 @@ def head_importance(model: Llama, windows: torch.Tensor, normalize: bool = True,
     ``normalize=True`` divides each layer's scores by their L2 norm, as the paper does before
     ranking heads across layers. The model's weights get no gradient (their ``requires_grad`` is
     restored)."""
-    _check_llama(model)
+    check_llama(model)
     cfg = model.config
-    windows = _check_windows(windows, cfg.vocab_size)
+    windows = check_token_ids(windows, "windows", 2, cfg.vocab_size)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
     from tqdm.auto import tqdm
@@ -156,7 +141,7 @@ def prune_llama_heads(model: Llama, keep: torch.Tensor) -> Llama:
     """A copy of ``model`` without the query heads where ``keep`` (n_layer, n_head; 0/1 or bool)
     is 0, and without the KV heads none of whose query heads is kept. Its outputs equal
     ``model(idx, head_mask=keep)``; a KV cache is refused."""
-    _check_llama(model)
+    check_llama(model)
     check_head_mask(keep, model.config)
     kb = keep.detach().cpu()
     if kb.is_floating_point() and not ((kb == 0) | (kb == 1)).all():

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from .. import metrics
 from ..bench import measure
+from .checks import check_token_ids
 
 
 def fixed_text_windows(tok, n_windows: int = 4, window: int = 256, max_chars: int = 1500) -> torch.Tensor:
@@ -42,9 +44,7 @@ def fixed_text_windows(tok, n_windows: int = 4, window: int = 256, max_chars: in
 def window_nll(model, windows: torch.Tensor, batch_size: int = 4) -> np.ndarray:
     """Mean next-token NLL (nats) of each window under ``model`` (``model(idx) -> (logits, _)`` as
     bmlib's models, or a Hugging Face model with ``.logits``); returns a float64 array (n_windows,)."""
-    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2:
-        raise ValueError(f"windows must be a (n, T >= 2) tensor of token ids, got "
-                         f"{tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__}")
+    check_token_ids(windows, "windows", 2)
     out = []
     for i in range(0, windows.shape[0], batch_size):
         x = windows[i:i + batch_size]
@@ -89,6 +89,41 @@ def decode_tokens_per_s(model, prompt: torch.Tensor, new_tokens: int = 16, *, bu
     return prompt.shape[0] * (new_tokens - 1) / (t.median_ms / 1e3), t, toks
 
 
+def compare_variants(variants: dict, prompt: torch.Tensor, new_tokens: int, windows: torch.Tensor, *,
+                     rounds: int, nll: dict | None = None) -> list[dict]:
+    """Speed and quality of each model in ``variants`` (name -> model; the first is the reference)
+    in one run: ``rounds`` rounds, each timing :func:`decode_tokens_per_s` once for every variant in
+    turn (interleaved, so all see the same machine load), then each one's :func:`window_nll` on
+    ``windows`` (taken from ``nll``, name -> per-window NLL, where present; filled in otherwise).
+    One row per variant: perplexity, its change vs the reference with :func:`ppl_change_ci`, the
+    median decode tokens/s and median per-round speed-up over the reference, whether its greedy
+    tokens equal the reference's, and its size as saved by ``torch.save`` (MB)."""
+    from .size import disk_bytes
+
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError(f"variants must be a non-empty dict of name -> model, got {type(variants).__name__}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    nll = {} if nll is None else nll
+    ref = next(iter(variants))
+    tps, toks = {k: [] for k in variants}, {}
+    for _ in range(rounds):
+        for k, m in variants.items():
+            t, _, toks[k] = decode_tokens_per_s(m, prompt, new_tokens, min_reps=1, max_reps=1)
+            tps[k].append(t)
+    rows = []
+    for k, m in variants.items():
+        if k not in nll:
+            nll[k] = window_nll(m, windows)
+        d, lo, hi = ppl_change_ci(nll[ref], nll[k])
+        rows.append(dict(variant=k, ppl=perplexity(nll[k]), ppl_change_pct=d, ci_low=lo, ci_high=hi,
+                         decode_tokens_per_s=statistics.median(tps[k]),
+                         speedup_vs_fp32=statistics.median([a / b for a, b in zip(tps[k], tps[ref])]),
+                         same_tokens_as_fp32=bool(torch.equal(toks[k], toks[ref])),
+                         size_mb=disk_bytes(m, "torch") / 1e6))
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # Adapting a real LM cheaply: cached teacher targets, a sentiment task, frozen bottom layers
 # --------------------------------------------------------------------------------------------
@@ -105,8 +140,7 @@ def cached_teacher_topk(name: str, teacher, windows: torch.Tensor, k: int, batch
 
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"name must be an identifier-like string, got {name!r}")
-    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.dtype != torch.long:
-        raise ValueError("windows must be a (n, T) int64 tensor of token ids")
+    check_token_ids(windows, "windows")
     digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:12]
     key = f"teacher_topk_{name}_k{k}_{windows.shape[0]}x{windows.shape[1]}_{digest}"
 
@@ -165,8 +199,7 @@ def hidden_states(model, idx: torch.Tensor, n_layers: int, batch_size: int = 16,
     L = model.config.n_layer
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not (0 <= n_layers <= L):
         raise ValueError(f"n_layers must be an int in [0, {L}], got {n_layers!r}")
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
-        raise ValueError("idx must be a (N, T) int64 tensor of token ids")
+    check_token_ids(idx, "idx")
     rope = _rope(model, idx.shape[1])
     out = []
     for i in tqdm(range(0, idx.shape[0], batch_size), disable=not progress, desc="frozen layers"):

@@ -29,7 +29,7 @@ import copy
 
 import torch
 
-from .heads import _check_llama, _check_windows
+from .checks import check_llama, check_token_ids
 
 _GROUPS = (("input_layernorm", "self_attn", ("q_proj", "k_proj", "v_proj")),
            ("post_attention_layernorm", "mlp", ("gate_proj", "up_proj")))
@@ -40,8 +40,8 @@ def input_absmax(model, windows: torch.Tensor, batch_size: int = 4) -> dict:
     """Per input channel ``max |x|`` of every linear layer's input in a bmlib
     ``Llama`` over the calibration ``windows`` (n, T) of token ids: ``{"model.layers.0.mlp.down_proj":
     (in_features,) float32, ...}``."""
-    _check_llama(model)
-    _check_windows(windows, model.config.vocab_size)
+    check_llama(model)
+    check_token_ids(windows, "windows", 2, model.config.vocab_size)
     amax, hooks = {}, []
 
     def record(name):
@@ -82,7 +82,7 @@ def smooth_llama(model, act_absmax: dict, alpha: float = 0.5, head: bool = True,
     ``act_absmax`` is :func:`input_absmax` of ``model`` on calibration text. ``head``: smooth the
     output layer too (its own copy of the tied embedding matrix), with ``alpha_head`` (default
     ``alpha``): its error goes straight into the logits, so it may want its own balance."""
-    _check_llama(model)
+    check_llama(model)
     need = {f"model.layers.{i}.{parent}.{names[0]}" for i in range(model.config.n_layer)
             for _, parent, names in _GROUPS} | {f"model.layers.{i}.mlp.down_proj" for i in range(model.config.n_layer)}
     need |= {"lm_head"} if head else set()
