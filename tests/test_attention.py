@@ -203,7 +203,13 @@ def test_flash_tiled_is_stable_at_large_logits_and_bf16():
     q, k, v = qkv(tq=32, tk=32, hs=16)
     out = flash_attention_tiled(q * 30, k * 30, v, block_q=8, block_k=8)  # logits ~ 1e3
     assert torch.isfinite(out).all()
-    assert (out.double() - ref(q * 30, k * 30, v)).abs().max() < 1e-4
+    # logits of ~1e3 carry fp32 rounding of ~1e3 * 2^-24 each, which softmax passes on: the bound is
+    # the plain fp32 computation's own error against float64, not a fixed number
+    qs, ks = q * 30, k * 30
+    plain = torch.softmax(qs @ ks.mT / math.sqrt(16), -1) @ v
+    exact = ref(qs, ks, v)
+    err_plain, err_tiled = ((t.double() - exact).abs().max().item() for t in (plain, out))
+    assert err_tiled <= 4 * err_plain + 1e-6, (err_tiled, err_plain)
     qb, kb, vb = (t.bfloat16() for t in (q, k, v))
     outb = flash_attention_tiled(qb, kb, vb, causal=True, block_q=8, block_k=8)
     assert outb.dtype == torch.bfloat16
