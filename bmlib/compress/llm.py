@@ -89,6 +89,12 @@ def decode_tokens_per_s(model, prompt: torch.Tensor, new_tokens: int = 16, *, bu
     return prompt.shape[0] * (new_tokens - 1) / (t.median_ms / 1e3), t, toks
 
 
+def _speedups(ratios: list) -> dict:
+    """Median and quartiles of per-round speed-ups (the quartiles as ``numpy.quantile``'s)."""
+    q1, q3 = np.quantile(ratios, [0.25, 0.75])
+    return dict(speedup_vs_fp32=statistics.median(ratios), speedup_q1=float(q1), speedup_q3=float(q3))
+
+
 def compare_variants(variants: dict, prompt: torch.Tensor, new_tokens: int, windows: torch.Tensor, *,
                      rounds: int, nll: dict | None = None) -> list[dict]:
     """Speed and quality of each model in ``variants`` (name -> model; the first is the reference)
@@ -96,7 +102,8 @@ def compare_variants(variants: dict, prompt: torch.Tensor, new_tokens: int, wind
     turn (interleaved, so all see the same machine load), then each one's :func:`window_nll` on
     ``windows`` (taken from ``nll``, name -> per-window NLL, where present; filled in otherwise).
     One row per variant: perplexity, its change vs the reference with :func:`ppl_change_ci`, the
-    median decode tokens/s and median per-round speed-up over the reference, whether its greedy
+    median decode tokens/s, the median and quartiles of its per-round speed-up over the reference
+    (``speedup_vs_fp32``, ``speedup_q1``, ``speedup_q3``), whether its greedy
     tokens equal the reference's, and its size as saved by ``torch.save`` (MB)."""
     from .size import disk_bytes
 
@@ -118,7 +125,7 @@ def compare_variants(variants: dict, prompt: torch.Tensor, new_tokens: int, wind
         d, lo, hi = ppl_change_ci(nll[ref], nll[k])
         rows.append(dict(variant=k, ppl=perplexity(nll[k]), ppl_change_pct=d, ci_low=lo, ci_high=hi,
                          decode_tokens_per_s=statistics.median(tps[k]),
-                         speedup_vs_fp32=statistics.median([a / b for a, b in zip(tps[k], tps[ref])]),
+                         **_speedups([a / b for a, b in zip(tps[k], tps[ref])]),
                          same_tokens_as_fp32=bool(torch.equal(toks[k], toks[ref])),
                          size_mb=disk_bytes(m, "torch") / 1e6))
     return rows
