@@ -15,7 +15,8 @@
 # What must travel with the working tree (run's carry, <= 64 MiB a transfer): .whl/ (wheels),
 # .gpu/data/ (the loaders' checksummed data copies, ~10 MB), and the GGUF parts, one per command
 # (.gpu/gguf/<gguf>.part00 with the wheels and data, then .part01, then .part02 with the wheels in
-# .gpu/whl/; the warm machine keeps ignored files between commands). So, three commands:
+# .gpu/whl/; each part is copied to artifacts/gguf-parts/ as it arrives, since a command's carry
+# replaces the whole .gpu/ there, while the warm machine keeps artifacts/). So, three commands:
 #   1. carry .whl .gpu/data .gpu/gguf/*.part00:  tools/gpu_run.sh book <chapters without SmolLM2>
 #   2. carry .gpu/gguf/*.part01:                 tools/gpu_run.sh smoke
 #   3. carry .gpu/gguf/*.part02 .gpu/whl:        tools/gpu_run.sh join; tools/gpu_run.sh book 07 12 15 16 21 22
@@ -34,6 +35,9 @@ BUDGET=${BUDGET:-480}          # seconds for the whole book (issue #12: <= 8 min
 JOBS=${JOBS:-4}                # chapters at once; timing chapters always run alone
 PY=${PYTHON:-python3}
 GGUF_DIR=.gpu/gguf
+# A carried path replaces its whole ignored top folder there: the .gpu/ of one command is gone at
+# the next (seen on the H200, 2026-12-04). Each part that arrives is kept outside it, here.
+PARTS_KEPT=artifacts/gguf-parts
 mode=${1:-all}; [ "$#" -gt 0 ] && shift
 mkdir -p "$OUT"
 
@@ -41,12 +45,21 @@ gguf_meta() {  # name, sha256 and size of the GGUF, from the code that checks it
   "$PY" -c "from bmlib.data import smollm2 as s; print(s.GGUF_NAME, s.GGUF_SHA256, s.GGUF_BYTES)"
 }
 
-install_wheels() {  # .whl/ once per machine, then any wheels that came later in .gpu/whl/
-  local site=/tmp/bmlib-site w
+keep_parts() {  # there: copy the GGUF parts that came with this command out of .gpu/
+  if ls "$GGUF_DIR"/*.part[0-9][0-9] >/dev/null 2>&1; then
+    mkdir -p "$PARTS_KEPT" && cp "$GGUF_DIR"/*.part[0-9][0-9] "$PARTS_KEPT"/ && ls "$PARTS_KEPT"
+  fi
+}
+
+unpack_data() {  # there: the loaders' data copies, once per machine (artifacts/ stays between commands)
   if [ -f .gpu/data/data.tar.xz ] && [ ! -f artifacts/data/.from-gpu-data ]; then
     mkdir -p artifacts/data && "$PY" -c "import tarfile
 tarfile.open('.gpu/data/data.tar.xz').extractall('artifacts/data', filter='data')" && touch artifacts/data/.from-gpu-data
   fi
+}
+
+install_wheels() {  # .whl/ once per machine, then any wheels that came later in .gpu/whl/
+  local site=/tmp/bmlib-site w
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
   if [ "${WHEELS:-1}" = 0 ]; then export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}; return 0; fi
   export PYTHONPATH=$ROOT:$site${PYTHONPATH:+:$PYTHONPATH}
@@ -62,10 +75,11 @@ do_prepare() {
   if [ ! -d .whl ] && [ "${WHEELS:-1}" != 0 ]; then
     # What the box lacks (its image has torch, transformers, numpy, scipy, scikit-learn, pandas,
     # uvloop, onnxruntime...): Jupyter's kernel and client, myst-nb's glue, gguf, the server stack,
-    # jiwer and imbalanced-learn, pinned as in requirements.txt; then drop what the image has.
+    # jiwer and imbalanced-learn, pinned as in requirements.txt; then drop what the image has
+    # (docutils stays: myst-nb's glue imports it).
     ../shared/tools/gpu-wheels.sh gguf==0.19.0 myst-nb==1.4.0 fastapi==0.163.2 uvicorn==0.54.0 \
       httptools==0.9.0 jiwer==4.0.0 imbalanced-learn==0.14.2 sklearn-compat==0.1.6
-    (cd .whl && rm -f scipy-* numpy-* babel-* scikit_learn-* sqlalchemy-* sphinx* docutils-* \
+    (cd .whl && rm -f scipy-* numpy-* babel-* scikit_learn-* sqlalchemy-* sphinx* \
       myst_parser-* jupyter_cache-* snowballstemmer-* narwhals-* tzdata-* joblib-* jinja2-* anyio-* \
       markdown_it_py-* mdit_py_plugins-* tabulate-* tenacity-* threadpoolctl-* cloudpickle-* h11-* \
       importlib_metadata-* opentelemetry* papermill-* markupsafe-* alabaster* imagesize* \
@@ -100,10 +114,10 @@ do_join() {
   if [ -f "$target" ] && echo "$sha  $target" | sha256sum -c --quiet - 2>/dev/null; then
     echo "join: $target already there, sha256 ok"; return 0
   fi
-  if ! ls "$GGUF_DIR/$name".part* >/dev/null 2>&1; then
-    echo "join: no $GGUF_DIR/$name.partNN here: SmolLM2 chapters will say the model is missing"; return 0
+  if ! ls "$PARTS_KEPT/$name".part* >/dev/null 2>&1; then
+    echo "join: no $PARTS_KEPT/$name.partNN here: SmolLM2 chapters will say the model is missing"; return 0
   fi
-  tools/split_gguf.sh join "$GGUF_DIR" "$target"
+  tools/split_gguf.sh join "$PARTS_KEPT" "$target"
 }
 
 do_smoke() {  # $1: --dry or nothing
@@ -138,6 +152,7 @@ else: print('SmolLM2 folder:', s.smollm2_folder())"
   return "$rc"
 }
 
+case "$mode" in join|smoke|book|all) keep_parts; unpack_data ;; esac
 case "$mode" in
   prepare) do_prepare ;;
   join) do_join ;;
