@@ -35,7 +35,7 @@ def _cmd_run_notebooks(args) -> int:
     from .env import scale
     from pathlib import Path
 
-    from .runner import FULL_BUDGET_S, planned_wall_s, run_notebooks, summary_table, write_timings
+    from .runner import FULL_BUDGET_S, planned_wall_s, run_notebooks, sessions_needed, summary_table, write_timings
 
     if args.rehearse and args.scale == "cpu":
         print("--rehearse runs the full configurations: drop --scale cpu", file=sys.stderr)
@@ -48,10 +48,10 @@ def _cmd_run_notebooks(args) -> int:
     print(f"seconds per chapter recorded in {write_timings(results, run_scale, args.rehearse)}")
     if run_scale == "full":
         planned = sum(r.planned_s or 0 for r in results)
-        wall = planned_wall_s({Path(r.notebook).stem: r.plan for r in results}, args.jobs)
-        verdict = "fits" if wall <= FULL_BUDGET_S else "does NOT fit"
+        plans = {Path(r.notebook).stem: r.plan for r in results}
+        wall, n = planned_wall_s(plans, args.jobs), sessions_needed(plans, args.jobs)
         print(f"planned full-scale seconds: {planned:.0f} in all, {wall:.0f} of wall time with "
-              f"--jobs {args.jobs} -- {verdict} one GPU session ({FULL_BUDGET_S:.0f} s on one H100/H200)")
+              f"--jobs {args.jobs} -- {n} GPU session{'s' if n > 1 else ''} of {FULL_BUDGET_S:.0f} s on one H100/H200")
     return 0 if all(r.ok for r in results) else 1
 
 

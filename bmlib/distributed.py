@@ -140,11 +140,15 @@ def _step(rank, world_size, strategy, cfg, idx, targets, seed):
         model = torch.nn.DataParallel(model, device_ids=[rank] if dev.type == "cuda" else None)
         local_numel = full_numel
     else:
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # the mesh on the model's own device type: left to itself, fully_shard builds a CUDA mesh
+        # whenever a GPU is visible, even over a gloo group of CPU ranks (2 ranks on a 1-GPU box)
+        mesh = init_device_mesh(dev.type, (world_size,))
         for block in model.transformer.h:  # one all-gather unit per transformer block ...
-            fully_shard(block)
-        fully_shard(model)  # ... and one for the rest (embeddings, final LayerNorm)
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)  # ... and one for the rest (embeddings, final LayerNorm)
         local_numel = sum(p.to_local().numel() for p in model.parameters())  # this rank's shards
     b = idx.shape[0] // world_size
     sl = slice(rank * b, (rank + 1) * b)  # this rank's slice of the global batch

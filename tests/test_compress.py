@@ -554,3 +554,25 @@ def test_pareto_front_properties(points, higher):
     for i in set(range(len(points))) - set(front):  # everything left out is matched or beaten by the front
         assert any(costs[f] <= costs[i] and not better(qual[i], qual[f]) for f in front)
     assert [costs[i] for i in front] == sorted(costs[i] for i in front)
+
+
+def test_rounding_noise_moves_each_weight_by_at_most_half_a_step_and_unties_the_head():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    a, a2, b = C.rounding_noise(m, 8, seed=0), C.rounding_noise(m, 8, seed=0), C.rounding_noise(m, 8, seed=1)
+    assert all(torch.equal(p, before[n]) for n, p in m.named_parameters())  # the original is untouched
+    assert a.lm_head.weight is not a.transformer.wte.weight  # untied ...
+    assert torch.equal(a.transformer.wte.weight, m.transformer.wte.weight)  # ... and the embeddings unchanged
+    for name, lin in C.linear_layers(m, exclude=()).items():
+        w = lin.weight.detach()
+        d = a.get_submodule(name).weight.detach() - w
+        step = w.abs().amax(1, keepdim=True) / 127  # symmetric int8, one step per output channel
+        assert (d.abs() <= step / 2 * (1 + 1e-5)).all() and (d != 0).float().mean() > 0.99
+        assert (d.abs() > step / 4).float().mean() > 0.3  # spread over the half-step, not only tiny moves
+        assert torch.equal(d, a2.get_submodule(name).weight.detach() - w)  # a seed is reproducible
+        assert not torch.equal(d, b.get_submodule(name).weight.detach() - w)
+    with pytest.raises(ValueError, match="bits"):
+        C.rounding_noise(m, 1)
+    with pytest.raises(TypeError, match="seed"):
+        C.rounding_noise(m, 8, seed=0.5)

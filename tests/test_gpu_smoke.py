@@ -37,7 +37,7 @@ def test_without_a_gpu_and_without_dry_it_refuses(smoke):
     assert smoke.main([]) == 2
 
 
-def test_driver_stops_at_the_first_wrong_answer(smoke):
+def test_driver_runs_every_check_and_fails_if_any_failed(smoke):
     ran, lines = [], []
 
     def ok(dev):
@@ -51,14 +51,15 @@ def test_driver_stops_at_the_first_wrong_answer(smoke):
         ran.append("wrong")
         raise smoke.Wrong("relative error 3e-1 > 1e-2")
 
-    def never(dev):
-        ran.append("never")
+    def after(dev):
+        ran.append("after")
         return "x"
 
-    rc = smoke.run_checks([("a", ok), ("b", skip), ("c", wrong), ("d", never)], "cpu", out=lines.append)
-    assert rc == 1 and ran == ["ok", "wrong"]
+    rc = smoke.run_checks([("a", ok), ("b", skip), ("c", wrong), ("d", after)], "cpu", out=lines.append)
+    assert rc == 1 and ran == ["ok", "wrong", "after"]  # a failure does not stop the others
     assert lines[0].startswith("PASS a: fine") and lines[1] == "SKIP b: needs compute capability >= 8.9"
-    assert lines[2] == "FAIL c: relative error 3e-1 > 1e-2" and len(lines) == 3
+    assert lines[2] == "FAIL c: relative error 3e-1 > 1e-2" and lines[3].startswith("PASS d: x")
+    assert len(lines) == 4
 
 
 def test_an_unexpected_exception_is_a_failure(smoke):

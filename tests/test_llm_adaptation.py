@@ -281,6 +281,23 @@ def test_hidden_states_then_last_logits_is_the_forward(model, x, k):
         L.last_logits(model, h[..., :5], k)
 
 
+def test_answer_scores_is_the_difference_of_two_last_logits_for_any_variant(model, x):
+    ids = torch.tensor([4, 7])
+    with torch.no_grad():
+        ref = L.last_logits(model, L.hidden_states(model, x, 0), 0, ids)  # the frozen-stream path, (B, 2)
+    s = L.answer_scores(model, x, ids, batch_size=2)  # batches of 2, 1 over 3 prompts
+    assert s.shape == (3,) and s.dtype == np.float64
+    np.testing.assert_allclose(s, (ref[:, 1] - ref[:, 0]).numpy(), atol=1e-5)
+    q = C.dynamic_int8(model, per_channel=True)  # a variant whose lm_head has no .weight tensor
+    assert L.answer_scores(q, x, ids).shape == (3,)
+    with pytest.raises(ValueError, match="token_ids"):
+        L.answer_scores(model, x, torch.tensor([4]))
+    with pytest.raises(ValueError, match="prompts"):
+        L.answer_scores(model, x[0], ids)
+    with pytest.raises(ValueError, match="batch_size"):
+        L.answer_scores(model, x, ids, batch_size=0)
+
+
 def test_lora_on_top_layers_merges_exactly_and_trains_few_parameters(model, x):
     import copy
 

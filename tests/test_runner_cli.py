@@ -127,13 +127,24 @@ def test_bad_plans_are_refused(tmp_path, plan, match):
         runner.read_plan(nbp)
 
 
-def test_committed_notebooks_plan_fits_one_gpu_session():
+def test_committed_notebooks_plan_fits_the_planned_gpu_sessions():
     plans = {p.name: runner.read_plan(p) for p in runner.default_notebooks()}
     missing = [n for n, pl in plans.items() if pl.planned_full_s is None]
     assert not missing, f"notebooks without metadata.bmlib.planned_full_s: {missing}"
     jobs = int(re.search(r"^JOBS=\$\{JOBS:-(\d+)\}", (repo_root() / "tools/gpu_run.sh").read_text(), re.M).group(1))
     wall = runner.planned_wall_s(plans, jobs)
-    assert wall <= runner.FULL_BUDGET_S, f"the book plans {wall:.0f} s at full scale with --jobs {jobs}"
+    assert wall <= runner.FULL_SESSIONS * runner.FULL_BUDGET_S, \
+        f"the book plans {wall:.0f} s at full scale with --jobs {jobs}: more than {runner.FULL_SESSIONS} GPU sessions"
+    assert runner.sessions_needed(plans, jobs) <= runner.FULL_SESSIONS
+
+
+def test_sessions_needed_rounds_the_planned_wall_time_up():
+    P = runner.Plan
+    assert runner.sessions_needed({"a": P(planned_full_s=10)}) == 1
+    assert runner.sessions_needed({"a": P()}) == 1  # nothing planned: still one session
+    assert runner.sessions_needed({"a": P(planned_full_s=runner.FULL_BUDGET_S + 1)}) == 2
+    two = {"a": P(planned_full_s=runner.FULL_BUDGET_S), "b": P(planned_full_s=runner.FULL_BUDGET_S)}
+    assert runner.sessions_needed(two, jobs=1) == 2 and runner.sessions_needed(two, jobs=2) == 1
 
 
 def test_planned_wall_s_follows_the_runners_schedule():

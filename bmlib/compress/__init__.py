@@ -19,14 +19,14 @@ from .prune import (head_scores, magnitude_mask, mask_2to4, mlp_neuron_scores, p
                     prune_mlp_neurons, sparsity_of, to_sparse_24)
 from .quant import (BITS, GRANULARITIES, Int8DynamicLinear, QuantEmbedding, QuantizedTensor, QuantLinear, dequantize,
                     dynamic_int8, fake_quantize, layer_quant_errors, pack_int4, qrange, quant_error,
-                    quantize, quantize_embeddings, quantize_model, torchao_available, torchao_quantize,
+                    quantize, quantize_embeddings, quantize_model, rounding_noise, torchao_available, torchao_quantize,
                     unpack_int4, w8a8)
 from .size import count_parameters, disk_bytes, memory_bytes, pareto_front
 
 __all__ = [
     "BITS", "GRANULARITIES", "QuantizedTensor", "qrange", "quantize", "dequantize", "fake_quantize",
     "quant_error", "pack_int4", "unpack_int4", "QuantLinear", "QuantEmbedding", "quantize_embeddings",
-    "quantize_model", "layer_quant_errors", "dynamic_int8", "Int8DynamicLinear", "w8a8", "torchao_available", "torchao_quantize",
+    "quantize_model", "rounding_noise", "layer_quant_errors", "dynamic_int8", "Int8DynamicLinear", "w8a8", "torchao_available", "torchao_quantize",
     "linear_layers",
     "magnitude_mask", "prune_magnitude", "sparsity_of", "mask_2to4", "to_sparse_24", "mlp_neuron_scores",
     "head_scores", "prune_mlp_neurons", "prune_heads",

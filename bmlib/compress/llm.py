@@ -193,6 +193,25 @@ def answer_ids(tok, answers=SENTIMENT_ANSWERS) -> torch.Tensor:
     return torch.tensor([i[0] for i in ids], dtype=torch.long)
 
 
+@torch.no_grad()
+def answer_scores(model, prompts: torch.Tensor, token_ids: torch.Tensor, batch_size: int = 16) -> np.ndarray:
+    """``(N,)`` float64: ``logit(token_ids[1]) - logit(token_ids[0])`` at the last position of each
+    prompt (N, T), from the whole model's forward pass (``model(idx) -> (logits, _)``), so any
+    variant scores alike: quantized, smoothed or pruned. With :func:`sentiment_prompts` and
+    :func:`answer_ids`, a score above 0 is the answer "positive"."""
+    check_token_ids(prompts, "prompts")
+    if not (isinstance(token_ids, torch.Tensor) and token_ids.shape == (2,) and token_ids.dtype == torch.long):
+        raise ValueError(f"token_ids must be a (2,) int64 tensor (answer for label 0, for label 1), got "
+                         f"{tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    out = []
+    for i in range(0, prompts.shape[0], batch_size):
+        z = model(prompts[i:i + batch_size])[0][:, -1].float()  # (b, V)
+        out.append((z[:, token_ids[1]] - z[:, token_ids[0]]).double())
+    return torch.cat(out).cpu().numpy()
+
+
 def _rope(model, T: int):
     return model.rope_cos[:T], model.rope_sin[:T]
 

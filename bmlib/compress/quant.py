@@ -354,6 +354,29 @@ def quantize_model(model: nn.Module, bits: int = 8, group_size: int | None = Non
     return model
 
 
+def rounding_noise(model: nn.Module, bits: int = 8, seed: int = 0, exclude: Iterable[str] = ()) -> nn.Module:
+    """A copy of ``model`` whose linear weights (except ``exclude``) each move by a random amount of
+    the size of their symmetric per-channel ``bits`` rounding: ``w + u * s_j`` with ``u ~ U(-1/2, 1/2)``
+    and ``s_j`` the step :func:`quantize` picks for output channel ``j``. The null model of weight
+    quantization: an error as large as rounding's, in no particular direction, so that comparing
+    seeds shows how much a metric moves under *any* such perturbation. An output layer tied to the
+    embeddings is untied first (the embeddings stay as they were, as with :func:`quantize_model`)."""
+    _check_bits(bits)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, lin in linear_layers(model, exclude).items():
+            w = lin.weight
+            if any(w is p for n, p in model.named_parameters() if not n.startswith(name + ".")):
+                lin.weight = w = nn.Parameter(w.detach().clone())  # tied (lm_head = embeddings): untie
+            step = quantize(w.detach(), bits, symmetric=True, granularity="channel").scale  # (out, 1)
+            u = torch.rand(w.shape, generator=gen, dtype=torch.float32) - 0.5
+            w.add_((u * step.float()).to(w.device, w.dtype))
+    return model
+
+
 def layer_quant_errors(model: nn.Module, bits: int = 8, *, symmetric: bool = True,
                        granularity: str = "channel", group_size: int | None = None,
                        exclude: Iterable[str] = ("lm_head",)) -> list[dict]:
