@@ -576,3 +576,48 @@ def test_rounding_noise_moves_each_weight_by_at_most_half_a_step_and_unties_the_
         C.rounding_noise(m, 1)
     with pytest.raises(TypeError, match="seed"):
         C.rounding_noise(m, 8, seed=0.5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_out=st.integers(1, 40), k16=st.integers(1, 4), rows=st.integers(1, 9),
+       act=st.sampled_from(["bfloat16", "float32"]))
+def test_int8_weight_only_linear_is_the_dequantized_matmul(n_out, k16, rows, act):
+    """The fused kernel computes x @ (q s)^T: exactly (fp32 rounding) with fp32 activations, and with
+    bf16 activations what the bf16-rounded input gives, up to bf16 rounding of the output."""
+    act_dtype = getattr(torch, act)
+    g = torch.Generator().manual_seed(n_out * 100 + k16 * 10 + rows)
+    lin = nn.Linear(16 * k16, n_out, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(lin.weight.shape, generator=g))
+    m = C.Int8WeightOnlyLinear.from_linear(lin, act_dtype)
+    qt = C.quantize(lin.weight.detach(), 8, symmetric=True, granularity="channel")
+    assert torch.equal(m.qweight, qt.q.to(torch.int8))  # the codes QuantLinear and quantize() pick
+    x = torch.randn(rows, 2, 16 * k16, generator=g)
+    w_hat = m.qweight.float() * m.scale.float()[:, None]  # (out, in): the dequantized weight
+    ref = x.to(act_dtype).float() @ w_hat.t()
+    y = m(x)
+    assert y.shape == (rows, 2, n_out) and y.dtype == x.dtype
+    tol = 1e-5 if act == "float32" else 1e-2
+    assert (y - ref).abs().max() <= tol * (ref.abs().max() + 1)
+
+
+def test_int8_weight_only_model_and_bad_input():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, bias=False))
+    q = C.int8_weight_only(m)
+    assert sum(isinstance(mod, C.Int8WeightOnlyLinear) for mod in q.modules()) == len(C.linear_layers(m, exclude=()))
+    assert isinstance(q.transformer.wte, nn.Embedding) and q.transformer.wte.weight.dtype == torch.float32
+    idx = torch.randint(0, 64, (2, 8))
+    with torch.no_grad():
+        a, b = m(idx)[0], q(idx)[0]
+    assert (a - b).abs().max() < 0.05 * a.abs().max()  # int8 weights, bf16 activations: close, not equal
+    with pytest.raises(ValueError, match="multiple of 16"):
+        C.Int8WeightOnlyLinear(20, 4)
+    with pytest.raises(ValueError, match="act_dtype"):
+        C.Int8WeightOnlyLinear(16, 4, act_dtype=torch.float16)
+    with pytest.raises(ValueError, match="bias"):
+        C.Int8WeightOnlyLinear.from_linear(nn.Linear(16, 4))
+    with pytest.raises(TypeError, match="nn.Linear"):
+        C.Int8WeightOnlyLinear.from_linear(nn.Conv1d(16, 4, 1))
+    with pytest.raises(ValueError, match="x must be"):
+        C.Int8WeightOnlyLinear(16, 4)(torch.randn(2, 15))

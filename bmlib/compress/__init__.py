@@ -17,16 +17,17 @@ from .distill import Distiller, distillation_loss
 from .lowrank import LoRALinear, LowRankLinear, add_lora, low_rank_error, merge_lora, svd_factorize
 from .prune import (head_scores, magnitude_mask, mask_2to4, mlp_neuron_scores, prune_heads, prune_magnitude,
                     prune_mlp_neurons, sparsity_of, to_sparse_24)
-from .quant import (BITS, GRANULARITIES, Int8DynamicLinear, QuantEmbedding, QuantizedTensor, QuantLinear, dequantize,
-                    dynamic_int8, fake_quantize, layer_quant_errors, pack_int4, qrange, quant_error,
-                    quantize, quantize_embeddings, quantize_model, rounding_noise, torchao_available, torchao_quantize,
-                    unpack_int4, w8a8)
+from .quant import (BITS, GRANULARITIES, Int8DynamicLinear, Int8WeightOnlyLinear, QuantEmbedding, QuantizedTensor,
+                    QuantLinear, dequantize, dynamic_int8, fake_quantize, int8_weight_only, layer_quant_errors,
+                    pack_int4, qrange, quant_error, quantize, quantize_embeddings, quantize_model, rounding_noise,
+                    torchao_available, torchao_quantize, unpack_int4, w8a8)
 from .size import count_parameters, disk_bytes, memory_bytes, pareto_front
 
 __all__ = [
     "BITS", "GRANULARITIES", "QuantizedTensor", "qrange", "quantize", "dequantize", "fake_quantize",
     "quant_error", "pack_int4", "unpack_int4", "QuantLinear", "QuantEmbedding", "quantize_embeddings",
-    "quantize_model", "rounding_noise", "layer_quant_errors", "dynamic_int8", "Int8DynamicLinear", "w8a8", "torchao_available", "torchao_quantize",
+    "quantize_model", "rounding_noise", "layer_quant_errors", "dynamic_int8", "Int8DynamicLinear", "w8a8",
+    "Int8WeightOnlyLinear", "int8_weight_only", "torchao_available", "torchao_quantize",
     "linear_layers",
     "magnitude_mask", "prune_magnitude", "sparsity_of", "mask_2to4", "to_sparse_24", "mlp_neuron_scores",
     "head_scores", "prune_mlp_neurons", "prune_heads",

@@ -466,6 +466,73 @@ def w8a8(model: nn.Module, exclude: Iterable[str] = ()) -> nn.Module:
     return model
 
 
+class Int8WeightOnlyLinear(nn.Module):
+    """Weight-only int8 ``nn.Linear`` without bias, on a fused CPU kernel: the weight is stored as
+    int8 with one scale per output channel (as :class:`QuantLinear`), and
+    ``torch.ops.aten._weight_int8pack_mm`` multiplies the input by it *without* materialising a
+    floating-point weight: each weight is read as 1 byte instead of 4, which is what a
+    bandwidth-bound decode step pays for. The input is cast to ``act_dtype`` (bfloat16 by default:
+    the dtype this kernel is fast in; ``float32`` runs the same kernel exactly, for checking) and
+    the output cast back to the input's dtype:
+
+        y_tj = w_j * sum_i x_ti q(W)_ji,   w_j = max_i |W_ji| / 127 (rounded to act_dtype)
+
+    A CPU kernel: on CUDA, torchao's int8 weight-only configs are the way (not this module)."""
+
+    ACT_DTYPES = (torch.bfloat16, torch.float32)
+
+    def __init__(self, in_features: int, out_features: int, act_dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if in_features % 16:  # torch 2.13's CPU kernel crashes or returns garbage otherwise (more than one row)
+            raise ValueError(f"in_features must be a multiple of 16 for _weight_int8pack_mm, got {in_features}")
+        if act_dtype not in self.ACT_DTYPES:
+            raise ValueError(f"act_dtype must be one of {self.ACT_DTYPES}, got {act_dtype!r}")
+        self.in_features, self.out_features, self.act_dtype = in_features, out_features, act_dtype
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features, dtype=act_dtype))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, act_dtype: torch.dtype = torch.bfloat16) -> "Int8WeightOnlyLinear":
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        if linear.bias is not None:
+            raise ValueError("Int8WeightOnlyLinear has no bias: linear.bias must be None")
+        if linear.weight.device.type != "cpu":
+            raise ValueError(f"Int8WeightOnlyLinear runs a CPU kernel: linear is on {linear.weight.device}")
+        m = cls(linear.in_features, linear.out_features, act_dtype)
+        qt = quantize(linear.weight.detach().float(), 8, symmetric=True, granularity="channel")
+        m.qweight.copy_(qt.q)
+        m.scale.copy_(qt.scale.view(-1))
+        return m
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must be a float tensor (..., {self.in_features}), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.device.type != "cpu":
+            raise ValueError(f"Int8WeightOnlyLinear runs a CPU kernel: x is on {x.device}")
+        x2 = x.reshape(-1, self.in_features).to(self.act_dtype)  # (N, in)
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)  # (N, out) in act_dtype
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int8 weights, "
+                f"{str(self.act_dtype).removeprefix('torch.')} activations")
+
+
+def int8_weight_only(model: nn.Module, exclude: Iterable[str] = (), act_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` (except names containing an ``exclude`` entry)
+    replaced by an :class:`Int8WeightOnlyLinear`; a tied output layer gets its own int8 copy (the
+    embeddings stay in floating point)."""
+    model = copy.deepcopy(model)
+    for name, lin in linear_layers(model, exclude).items():
+        _set_module(model, name, Int8WeightOnlyLinear.from_linear(lin, act_dtype))
+    return model
+
+
 def torchao_available() -> bool:
     try:
         import torchao  # noqa: F401
