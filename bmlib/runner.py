@@ -26,6 +26,7 @@ copies to ``artifacts/rehearse/`` -- never over the committed notebooks.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -254,8 +255,6 @@ def _check_after(paths: list[Path], plans: dict[str, Plan]) -> None:
 
 def sessions_needed(plans: dict, jobs: int = 1) -> int:
     """GPU sessions of :data:`FULL_BUDGET_S` the planned full-scale wall time needs (at least 1)."""
-    import math
-
     return max(1, math.ceil(planned_wall_s(plans, jobs) / FULL_BUDGET_S))
 
 

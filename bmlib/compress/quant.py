@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -344,13 +345,21 @@ def quantize_model(model: nn.Module, bits: int = 8, group_size: int | None = Non
     ``inplace``); embeddings, norms and excluded layers stay in floating point.
     """
     _check_bits(bits)
-    model = model if inplace else copy.deepcopy(model)
-    for name, lin in linear_layers(model, exclude).items():
+
+    def make(name, lin):
         if group_size is not None and lin.in_features % group_size:
             raise ValueError(f"group_size={group_size} does not divide in_features={lin.in_features} "
                              f"of layer {name!r}")
-        _set_module(model, name, QuantLinear.from_linear(lin, bits, symmetric=symmetric,
-                                                         group_size=group_size, impl=impl))
+        return QuantLinear.from_linear(lin, bits, symmetric=symmetric, group_size=group_size, impl=impl)
+
+    return _replace_linears(model if inplace else copy.deepcopy(model), exclude, make)
+
+
+def _replace_linears(model: nn.Module, exclude: Iterable[str], make) -> nn.Module:
+    """``model`` (in place) with every ``nn.Linear`` whose name contains no ``exclude`` entry
+    replaced by ``make(name, linear)``."""
+    for name, lin in linear_layers(model, exclude).items():
+        _set_module(model, name, make(name, lin))
     return model
 
 
@@ -366,10 +375,11 @@ def rounding_noise(model: nn.Module, bits: int = 8, seed: int = 0, exclude: Iter
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     model = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))  # > 1: a tied weight
     with torch.no_grad():
-        for name, lin in linear_layers(model, exclude).items():
+        for lin in linear_layers(model, exclude).values():
             w = lin.weight
-            if any(w is p for n, p in model.named_parameters() if not n.startswith(name + ".")):
+            if uses[id(w)] > 1:
                 lin.weight = w = nn.Parameter(w.detach().clone())  # tied (lm_head = embeddings): untie
             step = quantize(w.detach(), bits, symmetric=True, granularity="channel").scale  # (out, 1)
             u = torch.rand(w.shape, generator=gen, dtype=torch.float32) - 0.5
@@ -460,10 +470,7 @@ class Int8DynamicLinear(nn.Module):
 def w8a8(model: nn.Module, exclude: Iterable[str] = ()) -> nn.Module:
     """A copy of ``model`` with every ``nn.Linear`` (except names containing an ``exclude`` entry)
     replaced by an :class:`Int8DynamicLinear`; a tied output layer gets its own int8 copy."""
-    model = copy.deepcopy(model)
-    for name, lin in linear_layers(model, exclude).items():
-        _set_module(model, name, Int8DynamicLinear.from_linear(lin))
-    return model
+    return _replace_linears(copy.deepcopy(model), exclude, lambda _, lin: Int8DynamicLinear.from_linear(lin))
 
 
 class Int8WeightOnlyLinear(nn.Module):
@@ -527,10 +534,8 @@ def int8_weight_only(model: nn.Module, exclude: Iterable[str] = (), act_dtype: t
     """A copy of ``model`` with every ``nn.Linear`` (except names containing an ``exclude`` entry)
     replaced by an :class:`Int8WeightOnlyLinear`; a tied output layer gets its own int8 copy (the
     embeddings stay in floating point)."""
-    model = copy.deepcopy(model)
-    for name, lin in linear_layers(model, exclude).items():
-        _set_module(model, name, Int8WeightOnlyLinear.from_linear(lin, act_dtype))
-    return model
+    return _replace_linears(copy.deepcopy(model), exclude,
+                            lambda _, lin: Int8WeightOnlyLinear.from_linear(lin, act_dtype))
 
 
 def torchao_available() -> bool:
