@@ -193,7 +193,7 @@ def compare_decode(model, hf, idx, new_tokens: int, *, rounds: int = 5, budget_s
     ``generate`` with :func:`measure`. Returns per-round rows and the summary (median, q1, q3 over
     rounds) of each side's decode tokens/s (``B (new_tokens - 1) / decode time``), prefill ms and
     the ratio ``bmlib / hf`` of decode tokens/s. ``mode``: the :class:`Decoder` mode (``"eager"``,
-    or ``"cuda-graph"``/``"compile"`` on a GPU); ``impl``: ``"decoder"`` (:class:`BmlibDecode`) or
+    ``"compile"``, or ``"cuda-graph"`` on a GPU); ``impl``: ``"decoder"`` (:class:`BmlibDecode`) or
     ``"fused"`` (:class:`FusedLlamaDecode`)."""
     _check_prompt(idx, new_tokens)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:

@@ -76,17 +76,22 @@ def test_compare_variants_measures_every_variant_against_the_first(tiny):
     prompt = W[:1, :5]
     noisy = C.quantize_model(tiny, 4, exclude=())  # int4 weights: same shapes, other logits
     nll = {}
-    rows = L.compare_variants({"ref": tiny, "same": tiny, "int4": noisy}, prompt, 4, W, rounds=2, nll=nll)
+    rows = L.compare_variants({"ref": tiny, "same": tiny, "compiled": tiny, "int4": noisy}, prompt, 4, W,
+                              rounds=2, nll=nll, modes={"compiled": "compile"})
     by = {r["variant"]: r for r in rows}
-    assert list(by) == ["ref", "same", "int4"] and set(nll) == {"ref", "same", "int4"}
+    assert list(by) == ["ref", "same", "compiled", "int4"] and set(nll) == set(by)
     assert by["ref"]["ppl_change_pct"] == 0 and by["ref"]["speedup_vs_fp32"] == 1
     assert by["same"]["same_tokens_as_fp32"] and by["same"]["ppl_change_pct"] == 0
+    assert by["compiled"]["decode_mode"] == "compile" and by["same"]["decode_mode"] == "eager"
+    assert by["compiled"]["same_tokens_as_fp32"]  # the compiled step decodes the eager step's tokens
+    assert all(len(r["tokens_per_s_rounds"]) == 2 and np.shape(r["tokens"]) == (1, 4) for r in rows)
     np.testing.assert_allclose(nll["int4"], L.window_nll(noisy, W))  # quality on the given windows
     assert by["int4"]["ppl"] == pytest.approx(L.perplexity(nll["int4"]))
     assert by["int4"]["ci_low"] <= by["int4"]["ppl_change_pct"] <= by["int4"]["ci_high"]
     assert all(r["decode_tokens_per_s"] > 0 and r["size_mb"] > 0 for r in rows)
     assert all(r["speedup_q1"] <= r["speedup_vs_fp32"] <= r["speedup_q3"] for r in rows)
-    for kw, field in [(dict(variants={}), "variants"), (dict(rounds=0), "rounds")]:
+    for kw, field in [(dict(variants={}), "variants"), (dict(rounds=0), "rounds"),
+                      (dict(modes={"other": "compile"}), "modes"), (dict(modes={"ref": "turbo"}), "mode")]:
         args = dict(variants={"ref": tiny}, prompt=prompt, new_tokens=4, windows=W, rounds=1) | kw
         with pytest.raises(ValueError, match=field):
             L.compare_variants(**args)

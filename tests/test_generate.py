@@ -296,6 +296,26 @@ def test_generate_type_errors(model):
             G.Decoder(model, 1, 10, mode="cuda-graph")
 
 
+def test_compiled_decoder_matches_eager_on_cpu():
+    # torch.compile on the CPU (Inductor's C++ backend): the same greedy tokens as the eager step,
+    # for a Llama (GQA cache) and a GPT; decoding again reuses the compiled step (no recompiling)
+    from torch._dynamo.utils import counters
+
+    from bmlib.models.llama import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    for m in (Llama(LlamaConfig.preset("tiny")).eval(), GPT(GPTConfig.preset("tiny", n_layer=2)).eval()):
+        idx = torch.randint(0, m.config.vocab_size, (2, 5))
+        ref = G.Decoder(m, 2, 24, mode="eager").generate(idx, 16)
+        dec = G.Decoder(m, 2, 24, mode="compile")
+        assert dec.compile_mode == "default"
+        graphs = counters["stats"]["unique_graphs"]
+        assert torch.equal(dec.generate(idx, 16), ref)
+        assert counters["stats"]["unique_graphs"] == graphs + 1  # the step was compiled, as one graph
+        assert torch.equal(dec.generate(idx, 16), ref)
+        assert counters["stats"]["unique_graphs"] == graphs + 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graph_decoder_matches_eager():
     torch.manual_seed(0)

@@ -76,17 +76,24 @@ def ppl_change_ci(nll_base, nll_new, n_boot: int = 2000, level: float = 0.95, se
 
 
 def decode_tokens_per_s(model, prompt: torch.Tensor, new_tokens: int = 16, *, budget_s: float = 0.0,
-                        min_reps: int = 2, max_reps: int = 10):
+                        min_reps: int = 2, max_reps: int = 10, mode: str = "eager"):
     """``(tokens/s, Timing, tokens)``: greedy decode of ``new_tokens - 1`` tokens after the prefill
-    of ``prompt`` (B, T) with :class:`bmlib.decode.BmlibDecode`; tokens/s = ``B (new_tokens - 1) /
-    median time``; ``tokens`` are all ``new_tokens`` generated ids (B, new_tokens)."""
+    of ``prompt`` (B, T) with :class:`bmlib.decode.BmlibDecode` (its :class:`~bmlib.generate.Decoder`
+    in ``mode``); tokens/s = ``B (new_tokens - 1) / median time``; ``tokens`` are all
+    ``new_tokens`` generated ids (B, new_tokens)."""
     from ..decode import BmlibDecode
 
-    run = BmlibDecode(model, prompt, new_tokens)
+    run = BmlibDecode(model, prompt, new_tokens, mode=mode)
     toks = run.tokens()
-    t = measure(run.decode, device=prompt.device, warmup_s=0.0, budget_s=budget_s, min_reps=min_reps,
+    tps, t = _time_decode(run, budget_s=budget_s, min_reps=min_reps, max_reps=max_reps)
+    return tps, t, toks
+
+
+def _time_decode(run, *, budget_s: float, min_reps: int, max_reps: int):
+    """Tokens/s and Timing of ``run.decode`` (a warmed-up :class:`bmlib.decode.BmlibDecode`)."""
+    t = measure(run.decode, device=run.idx.device, warmup_s=0.0, budget_s=budget_s, min_reps=min_reps,
                 max_reps=max_reps)
-    return prompt.shape[0] * (new_tokens - 1) / (t.median_ms / 1e3), t, toks
+    return run.idx.shape[0] * (run.new_tokens - 1) / (t.median_ms / 1e3), t
 
 
 def _speedups(ratios: list) -> dict:
@@ -96,37 +103,47 @@ def _speedups(ratios: list) -> dict:
 
 
 def compare_variants(variants: dict, prompt: torch.Tensor, new_tokens: int, windows: torch.Tensor, *,
-                     rounds: int, nll: dict | None = None) -> list[dict]:
+                     rounds: int, nll: dict | None = None, modes: dict | None = None) -> list[dict]:
     """Speed and quality of each model in ``variants`` (name -> model; the first is the reference)
-    in one run: ``rounds`` rounds, each timing :func:`decode_tokens_per_s` once for every variant in
-    turn (interleaved, so all see the same machine load), then each one's :func:`window_nll` on
+    in one run. Each variant gets one :class:`bmlib.decode.BmlibDecode`, its Decoder in
+    ``modes[name]`` (``"eager"`` where absent; ``"compile"`` compiles here, once), which decodes
+    once untimed (its tokens); then ``rounds`` rounds each time its decode once for every variant
+    in turn (interleaved, so all see the same machine load); then each one's :func:`window_nll` on
     ``windows`` (taken from ``nll``, name -> per-window NLL, where present; filled in otherwise).
-    One row per variant: perplexity, its change vs the reference with :func:`ppl_change_ci`, the
-    median decode tokens/s, the median and quartiles of its per-round speed-up over the reference
-    (``speedup_vs_fp32``, ``speedup_q1``, ``speedup_q3``), whether its greedy
-    tokens equal the reference's, and its size as saved by ``torch.save`` (MB)."""
+    One row per variant: its decode mode, perplexity, its change vs the reference with
+    :func:`ppl_change_ci`, the median decode tokens/s and the per-round values, the median and
+    quartiles of its per-round speed-up over the reference (``speedup_vs_fp32``, ``speedup_q1``,
+    ``speedup_q3``), whether its greedy tokens equal the reference's, the tokens (B, new_tokens) as
+    lists, and its size as saved by ``torch.save`` (MB)."""
+    from ..decode import BmlibDecode
     from .size import disk_bytes
 
     if not isinstance(variants, dict) or not variants:
         raise ValueError(f"variants must be a non-empty dict of name -> model, got {type(variants).__name__}")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    modes = {} if modes is None else modes
+    if not isinstance(modes, dict) or not set(modes) <= set(variants):
+        raise ValueError(f"modes must be a dict from variant names to Decoder modes, got "
+                         f"{sorted(modes) if isinstance(modes, dict) else type(modes).__name__}")
     nll = {} if nll is None else nll
     ref = next(iter(variants))
-    tps, toks = {k: [] for k in variants}, {}
+    runs = {k: BmlibDecode(m, prompt, new_tokens, mode=modes.get(k, "eager")) for k, m in variants.items()}
+    toks = {k: r.tokens() for k, r in runs.items()}
+    tps = {k: [] for k in variants}
     for _ in range(rounds):
-        for k, m in variants.items():
-            t, _, toks[k] = decode_tokens_per_s(m, prompt, new_tokens, min_reps=1, max_reps=1)
-            tps[k].append(t)
+        for k, r in runs.items():
+            tps[k].append(_time_decode(r, budget_s=0.0, min_reps=1, max_reps=1)[0])
     rows = []
     for k, m in variants.items():
         if k not in nll:
             nll[k] = window_nll(m, windows)
         d, lo, hi = ppl_change_ci(nll[ref], nll[k])
-        rows.append(dict(variant=k, ppl=perplexity(nll[k]), ppl_change_pct=d, ci_low=lo, ci_high=hi,
-                         decode_tokens_per_s=statistics.median(tps[k]),
+        rows.append(dict(variant=k, decode_mode=modes.get(k, "eager"), ppl=perplexity(nll[k]),
+                         ppl_change_pct=d, ci_low=lo, ci_high=hi,
+                         decode_tokens_per_s=statistics.median(tps[k]), tokens_per_s_rounds=tps[k],
                          **_speedups([a / b for a, b in zip(tps[k], tps[ref])]),
-                         same_tokens_as_fp32=bool(torch.equal(toks[k], toks[ref])),
+                         same_tokens_as_fp32=bool(torch.equal(toks[k], toks[ref])), tokens=toks[k].tolist(),
                          size_mb=disk_bytes(m, "torch") / 1e6))
     return rows
 
