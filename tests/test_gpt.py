@@ -187,3 +187,17 @@ def test_config_type_checks_reach_subclasses():
     with pytest.raises(TypeError, match="extra must be of type int"):
         Wider(extra="a")
     assert Wider(extra=2).extra == 2
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(3, dtype=torch.long), torch.zeros(1, 2, 3, dtype=torch.long), [[1, 2]]])
+def test_check_ids_batched_wants_a_b_by_t_tensor(bad):
+    # the one check every model's forward starts with: (B, T) first, then the dtype, then the values
+    from bmlib.models.config import check_ids
+
+    with pytest.raises(ValueError, match=r"ids must be a \(B, T\) tensor"):
+        check_ids(bad, "ids", 10, batched=True)
+    with pytest.raises(TypeError, match="integer ids"):
+        check_ids(torch.zeros(2, 3), "ids", 10, batched=True)
+    with pytest.raises(ValueError, match=r"ids in \[0, 10\)"):
+        check_ids(torch.tensor([[1, 10]]), "ids", 10, batched=True)
+    check_ids(torch.tensor([[1, 9]]), "ids", 10, batched=True)

@@ -184,10 +184,7 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         cfg = self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError("input_ids must be a (B, T) tensor of token ids, got "
-                             f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
-        check_ids(input_ids, "input_ids", cfg.vocab_size)
+        check_ids(input_ids, "input_ids", cfg.vocab_size, batched=True)
         B, T = input_ids.shape
         if T > cfg.block_size:
             raise ValueError(f"input_ids has sequence length {T} > block_size {cfg.block_size}")

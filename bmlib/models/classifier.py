@@ -31,11 +31,8 @@ class TextClassifier(nn.Module):
 
     def forward(self, ids, labels=None):
         """``ids`` (B, T) right-padded with ``pad_id`` -> ``(logits (B, num_labels), loss or None)``."""
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-            raise ValueError(f"ids must be a (B, T) tensor of token ids, got "
-                             f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}")
         vocab = getattr(getattr(self.encoder, "config", None), "vocab_size", None)
-        check_ids(ids, "ids", vocab if isinstance(vocab, int) else 2 ** 62)
+        check_ids(ids, "ids", vocab if isinstance(vocab, int) else 2 ** 62, batched=True)
         mask = (ids != self.pad_id).long()  # (B, T)
         out = self.encoder(input_ids=ids, attention_mask=mask)
         h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out  # (B, T, C)

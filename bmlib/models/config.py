@@ -74,13 +74,17 @@ def check_types(cfg) -> None:
 
 
 def check_ids(t, name: str, high: int, *, low: int = 0, ignore: int | None = None,
-              values: bool = True) -> None:
+              values: bool = True, batched: bool = False) -> None:
     """``t`` must be an integer tensor with values in ``[low, high)`` (or equal to ``ignore``,
-    e.g. ``-100`` for targets). ``values=False`` checks only the type: reading the values is one
-    host synchronisation, which a CUDA-graph capture or ``torch.compile`` cannot take, so the
-    value check is also skipped while either is running."""
+    e.g. ``-100`` for targets); ``batched=True``: a (B, T) one (a ``ValueError`` otherwise, the
+    check every model's ``forward`` starts with). ``values=False`` checks only the type: reading
+    the values is one host synchronisation, which a CUDA-graph capture or ``torch.compile`` cannot
+    take, so the value check is also skipped while either is running."""
     import torch
 
+    if batched and (not isinstance(t, torch.Tensor) or t.dim() != 2):
+        raise ValueError(f"{name} must be a (B, T) tensor of token ids, got "
+                         f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer ids, got {type(t).__name__}")
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
@@ -106,10 +110,7 @@ def decoder_positions(idx, kv_cache, position_ids, vocab_size: int, block_size: 
     ``position_ids`` is ``None``, else ``position_ids`` itself, (B, T) or (T,)."""
     import torch
 
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-        raise ValueError(f"idx must be a (B, T) tensor of token ids, got "
-                         f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
-    check_ids(idx, "idx", vocab_size, values=validate)
+    check_ids(idx, "idx", vocab_size, values=validate, batched=True)
     B, T = idx.shape
     cache_b = getattr(kv_cache, "batch_size", None)
     if cache_b is not None and cache_b != B:
