@@ -16,6 +16,7 @@ All timing goes through :func:`bmlib.bench.measure`.
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
 
 import torch
@@ -91,6 +92,38 @@ class HFGenerate:
         return self.generate()[:, self.idx.shape[1]:]
 
 
+MATVECS = ("library", "compiled")
+
+
+def matvec_sum(w, x):
+    """``x @ w.T`` written as a product and a sum over the inputs: ``w`` (out, in), ``x``
+    (..., in) -> (..., out), the formula alone (:func:`compiled_matvec` checks its arguments). Eager,
+    this builds the whole (out, in) product; compiled
+    (:func:`compiled_matvec`), Inductor turns it into one generated C++ loop over each row of ``w``,
+    which is read once, in the order it lies in memory: no library kernel is called."""
+    return (w * x[..., None, :]).sum(-1)  # (..., out, in) -> (..., out)
+
+
+@functools.cache
+def _compiled_matvec_sum():
+    # one graph for every shape (dynamic=True): a model's five matrix shapes share it, and so do models
+    return torch.compile(matvec_sum, dynamic=True, fullgraph=True)
+
+
+def compiled_matvec(w, x):
+    """:func:`matvec_sum` compiled by ``torch.compile`` (once per process, on the first call):
+    ``w`` (out, in) and ``x`` (..., in), floating point of one dtype and device -> (..., out)."""
+    if not (isinstance(w, torch.Tensor) and w.dim() == 2 and w.is_floating_point()):
+        raise ValueError(f"w must be a 2-D floating-point (out, in) tensor, got "
+                         f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+    if not (isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[-1] == w.shape[1]):
+        raise ValueError(f"x must be a (..., in={w.shape[1]}) tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dtype != w.dtype or x.device != w.device:
+        raise ValueError(f"x ({x.dtype}, {x.device}) must have w's dtype and device ({w.dtype}, {w.device})")
+    return _compiled_matvec_sum()(w, x)
+
+
 class FusedLlamaDecode:
     """The decode fast path for a bmlib :class:`~bmlib.models.llama.Llama` on the CPU, same
     interface as :class:`BmlibDecode` (``prefill``, ``decode``, ``tokens``).
@@ -100,36 +133,49 @@ class FusedLlamaDecode:
     This step uses the model's own weights, concatenated once: per layer one matmul for
     q, k and v and one for gate and up (5 instead of 7), RoPE applied to the one new position,
     the new key and value written in place into a GQA-sized cache, SDPA over the filled prefix
-    with ``enable_gqa`` (no repeated key/value heads) and no per-step checks. Each matrix is kept
-    a second time, transposed to (in, out) and contiguous, and multiplied as ``x @ W_t``: for one
-    row ``x`` the AMD EPYC CPU this was tuned on (MKL, 2 threads) multiplied a row-major (in, out)
-    matrix faster than the (out, in) one that ``F.linear`` gets; an Intel Xeon read both at the
-    same rate. The price is a second copy of the weights in memory.
+    with ``enable_gqa`` (no repeated key/value heads) and no per-step checks.
+
+    ``matvec`` chooses who multiplies a row by a matrix. ``"library"``: each matrix is kept a
+    second time, transposed to (in, out) and contiguous, and multiplied as ``x @ W_t`` (MKL's
+    kernel): for one row ``x`` the AMD EPYC CPU this was tuned on (2 threads) multiplied a
+    row-major (in, out) matrix faster than the (out, in) one that ``F.linear`` gets; an Intel Xeon
+    read both at the same rate. ``"compiled"`` (batch 1 only): the matrices stay (out, in) and each
+    product is :func:`compiled_matvec`, a loop Inductor generates, compiled on the first call.
     Prefill runs the model's ordinary forward pass into the same cache. A test checks both give the
     same logits.
     """
 
-    def __init__(self, model, idx, new_tokens: int):
+    def __init__(self, model, idx, new_tokens: int, matvec: str = "library"):
         from .models.llama import Llama
 
         if not isinstance(model, Llama):
             raise TypeError(f"model must be a bmlib Llama, got {type(model).__name__}")
         _check_prompt(idx, new_tokens)
+        if matvec not in MATVECS:
+            raise ValueError(f"matvec must be one of {MATVECS}, got {matvec!r}")
+        if matvec == "compiled" and idx.shape[0] != 1:
+            raise ValueError(f"matvec='compiled' multiplies one row at a time: idx must have batch size 1, "
+                             f"got {idx.shape[0]}")
         c = model.config
-        self.model, self.idx, self.new_tokens, self.cfg = model, idx, new_tokens, c
+        self.model, self.idx, self.new_tokens, self.cfg, self.matvec = model, idx, new_tokens, c, matvec
         self.max_len = idx.shape[1] + new_tokens
         if self.max_len > c.block_size:
             raise ValueError(f"prompt {idx.shape[1]} + new_tokens {new_tokens} exceeds block_size {c.block_size}")
-        t = lambda w: w.t().contiguous()  # noqa: E731  (out, in) -> (in, out)
+        # the layout the chosen product reads: (in, out) for x @ W_t, the model's own (out, in) otherwise
+        t = (lambda w: w.t().contiguous()) if matvec == "library" else (lambda w: w.contiguous())  # noqa: E731
         with torch.no_grad():
             self.layers = [(b.input_layernorm.weight,
                             t(torch.cat([b.self_attn.q_proj.weight, b.self_attn.k_proj.weight, b.self_attn.v_proj.weight])),
                             t(b.self_attn.o_proj.weight), b.post_attention_layernorm.weight,
                             t(torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight])), t(b.mlp.down_proj.weight))
                            for b in model.model.layers]
-            self.head_t = t(model.lm_head.weight)  # (C, V)
+            self.head_t = t(model.lm_head.weight)  # (C, V) for "library", (V, C) otherwise
         self.cache = model.new_kv_cache(idx.shape[0], self.max_len, kind="static")
         self.first = self.prefill()
+
+    def _mm(self, x, w):
+        """``x`` (B, 1, in) times a stored matrix ``w`` -> (B, 1, out)."""
+        return x @ w if self.matvec == "library" else _compiled_matvec_sum()(w, x)  # no per-step checks
 
     @torch.no_grad()
     def prefill(self):
@@ -150,7 +196,7 @@ class FusedLlamaDecode:
         x = m.model.embed_tokens(tok)  # (B, 1, C)
         K, V = self.cache.k, self.cache.v  # (L, B, nkv, max_len, hs)
         for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
-            qkv = self._rms(x, w_in) @ w_qkv  # (B, 1, (nh + 2 nkv) hs)
+            qkv = self._mm(self._rms(x, w_in), w_qkv)  # (B, 1, (nh + 2 nkv) hs)
             q, k, v = qkv.view(B, nh + 2 * nkv, hs).split([nh, nkv, nkv], dim=1)  # (B, heads, hs)
             qk = torch.cat([q, k], 1)  # (B, nh + nkv, hs): one RoPE for both
             qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin
@@ -158,18 +204,19 @@ class FusedLlamaDecode:
             V[i, :, :, pos] = v
             y = F.scaled_dot_product_attention(qk[:, :nh, None], K[i, :, :, :pos + 1], V[i, :, :, :pos + 1],
                                                enable_gqa=True)  # (B, nh, 1, hs)
-            x = x + y.view(B, 1, nh * hs) @ w_o
-            g, u = (self._rms(x, w_post) @ w_gu).chunk(2, -1)  # (B, 1, I) each
-            x = x + (F.silu(g) * u) @ w_down
-        return self._rms(x, m.model.norm.weight) @ self.head_t  # (B, 1, V)
+            x = x + self._mm(y.view(B, 1, nh * hs), w_o)
+            g, u = self._mm(self._rms(x, w_post), w_gu).chunk(2, -1)  # (B, 1, I) each
+            x = x + self._mm(F.silu(g) * u, w_down)
+        return self._mm(self._rms(x, m.model.norm.weight), self.head_t)  # (B, 1, V)
 
     @torch.no_grad()
     def decode(self):
         p0 = self.idx.shape[1]
         tok, out = self.first, []
-        for t in range(self.new_tokens - 1):
-            tok = self._step(tok, p0 + t)[:, -1:].argmax(-1)
-            out.append(tok)
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # compiled: no silent eager fallback
+            for t in range(self.new_tokens - 1):
+                tok = self._step(tok, p0 + t)[:, -1:].argmax(-1)
+                out.append(tok)
         return torch.cat(out, 1)
 
     def tokens(self):
@@ -185,7 +232,7 @@ def _summary(xs):
 
 def compare_decode(model, hf, idx, new_tokens: int, *, rounds: int = 5, budget_s: float = 0.5,
                    min_reps: int = 2, max_reps: int = 20, cache_implementation: str | None = None,
-                   mode: str = "eager", impl: str = "decoder") -> dict:
+                   mode: str = "eager", impl: str = "decoder", matvec: str = "library") -> dict:
     """Time bmlib (``model``) and Hugging Face (``hf``, the same weights) on prompt ``idx``.
 
     Asserts first that both produce the same greedy tokens (a ``RuntimeError`` otherwise). Then, in
@@ -194,13 +241,16 @@ def compare_decode(model, hf, idx, new_tokens: int, *, rounds: int = 5, budget_s
     rounds) of each side's decode tokens/s (``B (new_tokens - 1) / decode time``), prefill ms and
     the ratio ``bmlib / hf`` of decode tokens/s. ``mode``: the :class:`Decoder` mode (``"eager"``,
     ``"compile"``, or ``"cuda-graph"`` on a GPU); ``impl``: ``"decoder"`` (:class:`BmlibDecode`) or
-    ``"fused"`` (:class:`FusedLlamaDecode`)."""
+    ``"fused"`` (:class:`FusedLlamaDecode`, whose product is ``matvec``)."""
     _check_prompt(idx, new_tokens)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {tuple(IMPLS)}, got {impl!r}")
-    bm = BmlibDecode(model, idx, new_tokens, mode=mode) if impl == "decoder" else FusedLlamaDecode(model, idx, new_tokens)
+    if impl == "decoder" and matvec != "library":
+        raise ValueError(f"matvec={matvec!r} is an option of impl='fused'; the Decoder uses the library's matmul")
+    bm = (BmlibDecode(model, idx, new_tokens, mode=mode) if impl == "decoder"
+          else FusedLlamaDecode(model, idx, new_tokens, matvec=matvec))
     hg = HFGenerate(hf, idx, new_tokens, cache_implementation)
     t_bm, t_hf = bm.tokens(), hg.tokens()
     if not torch.equal(t_bm, t_hf):

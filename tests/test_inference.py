@@ -105,3 +105,58 @@ def test_fused_decode_matches_reference(pair):
         compare_decode(model, hf, idx[:1], 4, impl="triton")
     with pytest.raises(TypeError, match="Llama"):
         FusedLlamaDecode(hf, idx, 4)
+
+
+def test_matvec_sum_is_the_matrix_product():
+    from bmlib.decode import compiled_matvec, matvec_sum
+
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(7, 5, generator=g), torch.randn(1, 1, 5, generator=g)
+    assert torch.allclose(matvec_sum(w, x), torch.nn.functional.linear(x, w), atol=1e-6)
+    for n, k in [(7, 5), (48, 32)]:  # two shapes, one compiled graph
+        w, x = torch.randn(n, k, generator=g), torch.randn(1, 1, k, generator=g)
+        assert compiled_matvec(w, x).shape == (1, 1, n)
+        assert torch.allclose(compiled_matvec(w, x), x @ w.T, atol=1e-5)
+
+
+def test_fused_decode_compiled_matvec_matches_library(pair):
+    from bmlib.decode import FusedLlamaDecode
+
+    model, hf = pair
+    idx = _prompt(B=1, T=6)
+    lib, comp = FusedLlamaDecode(model, idx, 9), FusedLlamaDecode(model, idx, 9, matvec="compiled")
+    ref, ref_logits = generate(model, idx, 9, cache="none", return_logits=True)
+    assert torch.equal(comp.tokens(), ref[:, 6:]) and torch.equal(comp.tokens(), lib.tokens())
+    lg = comp._step(ref[:, 6:7], 6)[:, -1]
+    assert torch.allclose(lg, ref_logits[:, 1], atol=1e-5)
+    assert comp.head_t.data_ptr() == model.lm_head.weight.data_ptr()  # the model's (out, in) matrix, no copy
+    res = compare_decode(model, hf, idx, 4, rounds=1, budget_s=0.0, min_reps=1, max_reps=1, impl="fused",
+                         matvec="compiled")
+    assert torch.equal(res["tokens"], ref[:, 6:10])
+
+
+def test_fused_decode_refuses_bad_matvec(pair):
+    from bmlib.decode import FusedLlamaDecode
+
+    model, hf = pair
+    with pytest.raises(ValueError, match="matvec must be one of"):
+        FusedLlamaDecode(model, _prompt(B=1), 4, matvec="blas")
+    with pytest.raises(ValueError, match="batch size 1"):
+        FusedLlamaDecode(model, _prompt(B=2), 4, matvec="compiled")
+    with pytest.raises(ValueError, match="impl='fused'"):
+        compare_decode(model, hf, _prompt(B=1), 4, impl="decoder", matvec="compiled")
+
+
+@pytest.mark.parametrize("w, x, what", [
+    (torch.ones(3), torch.ones(1, 3), "w must be"),
+    (torch.ones(3, 4, dtype=torch.long), torch.ones(1, 4), "w must be"),
+    ([[1.0]], torch.ones(1, 1), "w must be"),
+    (torch.ones(3, 4), torch.ones(1, 5), "x must be"),
+    (torch.ones(3, 4), "x", "x must be"),
+    (torch.ones(3, 4), torch.ones(1, 4, dtype=torch.float64), "dtype"),
+])
+def test_compiled_matvec_refuses_bad_input(w, x, what):
+    from bmlib.decode import compiled_matvec
+
+    with pytest.raises(ValueError, match=what):
+        compiled_matvec(w, x)
