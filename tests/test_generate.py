@@ -316,19 +316,19 @@ def test_compiled_decoder_matches_eager_on_cpu():
         assert counters["stats"]["unique_graphs"] == graphs + 1
 
 
-def test_compiled_decoder_refuses_to_fall_back_to_eager(monkeypatch):
+def test_compiled_decoder_refuses_to_fall_back_to_eager():
     # past Dynamo's recompile limit torch.compile would quietly run the step eagerly; the Decoder
     # raises instead (a second decoder of another batch size needs a recompile: the limit is 1 here)
     import torch._dynamo
     import torch._dynamo.exc
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     torch._dynamo.reset()
     torch.manual_seed(0)
     m = GPT(GPTConfig.preset("tiny", n_layer=1, n_embd=32, n_head=2)).eval()
-    G.Decoder(m, 1, 8, mode="compile").generate(torch.zeros(1, 2, dtype=torch.long), 3)
-    with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit, match="recompile"):
-        G.Decoder(m, 2, 8, mode="compile").generate(torch.zeros(2, 2, dtype=torch.long), 3)
+    with torch._dynamo.config.patch(recompile_limit=1):  # Dynamo's own override (monkeypatch would hide the key)
+        G.Decoder(m, 1, 8, mode="compile").generate(torch.zeros(1, 2, dtype=torch.long), 3)
+        with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit, match="recompile"):
+            G.Decoder(m, 2, 8, mode="compile").generate(torch.zeros(2, 2, dtype=torch.long), 3)
     torch._dynamo.reset()
 
 
