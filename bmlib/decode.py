@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .bench import _quantile, measure
-from .generate import Decoder
+from .generate import Decoder, no_eager_fallback
 
 
 def _check_prompt(idx, new_tokens):
@@ -213,7 +213,7 @@ class FusedLlamaDecode:
     def decode(self):
         p0 = self.idx.shape[1]
         tok, out = self.first, []
-        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # compiled: no silent eager fallback
+        with no_eager_fallback():  # the compiled product: no silent eager fallback
             for t in range(self.new_tokens - 1):
                 tok = self._step(tok, p0 + t)[:, -1:].argmax(-1)
                 out.append(tok)

@@ -251,6 +251,12 @@ def generate(model: GPT, idx, max_new_tokens: int, *, temperature: float = 0.0,
 
 
 # ----------------------------------------------------------------------------- fast decode loop
+def no_eager_fallback():
+    """A context in which a compiled function that would need recompiling past Dynamo's limit
+    raises ``FailOnRecompileLimitHit`` instead of quietly running eagerly (every compiled decode loop)."""
+    return torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
+
+
 class Decoder:
     """A fixed-shape greedy decode loop for timing: prefill once, then ``n`` single-token steps.
 
@@ -344,7 +350,7 @@ class Decoder:
                 self.graph.replay()
                 out[:, i:i + 1].copy_(self.tok)
         else:
-            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # no silent eager fallback
+            with no_eager_fallback():
                 for i in range(n):
                     out[:, i:i + 1].copy_(self._step())
         return out
